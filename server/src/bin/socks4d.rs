@@ -1,0 +1,2 @@
+//! socks4d: thin binary over the socks4-server library.
+fn main() {}

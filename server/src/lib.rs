@@ -1,0 +1,1 @@
+//! socks4-server: the SOCKS4/4A server library behind `socks4d`.

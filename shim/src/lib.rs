@@ -1,0 +1,1 @@
+//! libsocks4.so: the LD_PRELOAD shim.
