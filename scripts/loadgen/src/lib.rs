@@ -1,0 +1,26 @@
+//! The load generator behind `scripts/bench`: relay throughput, sequential
+//! handshake latency and idle-connection memory, through SOCKS4 (socks4d,
+//! danted), SOCKS5 (microsocks) or no proxy at all, on loopback only.
+//!
+//! Blocking sockets and one thread per stream: the generator must not be the
+//! bottleneck it measures, and on loopback a few threads are cheaper than a
+//! runtime.
+
+pub mod handshake;
+pub mod hold;
+pub mod proxy;
+pub mod rss;
+pub mod stats;
+pub mod throughput;
+
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4, TcpListener};
+
+/// A listener on an ephemeral loopback port, with its address.
+pub(crate) fn loopback_listener() -> io::Result<(TcpListener, SocketAddrV4)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    match listener.local_addr()? {
+        SocketAddr::V4(a) => Ok((listener, a)),
+        SocketAddr::V6(_) => unreachable!("bound to an IPv4 address"),
+    }
+}
