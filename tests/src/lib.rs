@@ -9,8 +9,10 @@ mod ftp;
 mod ftpd;
 mod netns;
 mod process;
+mod scenario;
 mod shim;
 mod socks4d;
+mod socksify;
 mod tempdir;
 
 pub use binaries::{Binaries, binaries};
@@ -19,8 +21,10 @@ pub use ftp::{FtpClient, FtpJob, FtpRun, run_ftp};
 pub use ftpd::{FtpEvent, PyFtpd};
 pub use netns::{Netns, Topology};
 pub use process::{ChildGuard, RunOutput, free_port, run_with_timeout, wait_for_tcp};
+pub use scenario::ActiveFtp;
 pub use shim::{shim_command, shim_env, socks4_run_command};
 pub use socks4d::{Socks4d, Socks4dOptions};
+pub use socksify::socksify_command;
 pub use tempdir::TempDir;
 
 /// Content for a test file: `len` bytes that differ at every offset modulo a large prime, so a

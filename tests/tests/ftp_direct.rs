@@ -62,3 +62,12 @@ fn tnftp_active_direct() {
 fn lftp_active_direct() {
     direct_active(FtpClient::Lftp);
 }
+
+/// The proxied-FTP check must fail when no proxy is involved: an unproxied session is seen
+/// from 127.0.0.1, not from the claimed proxy address.
+#[test]
+#[should_panic(expected = "want the proxy 127.0.0.2")]
+fn active_ftp_check_detects_a_session_that_bypassed_the_proxy() {
+    socks4_tests::ActiveFtp::new(FtpClient::Inetutils, LOCALHOST, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))
+        .run(Command::new, String::new);
+}
