@@ -1,1 +1,17 @@
 //! socks4-server: the SOCKS4/4A server library behind `socks4d`.
+//!
+//! [`Server`] runs in-process (tests use it on `127.0.0.1:0`);
+//! [`run_daemon`] adds what the binary needs (stdout `listening` lines,
+//! SIGHUP reload, SIGTERM/SIGINT drain).
+
+pub mod config;
+pub mod ident;
+pub mod net;
+pub mod relay;
+pub mod rules;
+pub mod server;
+pub mod session;
+
+pub use config::{Config, ConfigError, External};
+pub use rules::{Decision, Query, Rules, evaluate};
+pub use server::{Server, run, run_daemon};

@@ -1,2 +1,73 @@
-//! socks4d: thin binary over the socks4-server library.
-fn main() {}
+//! socks4d: thin binary over the socks4-server library (flags, config,
+//! logging, then `run_daemon`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use socks4_server::Config;
+use tracing_subscriber::EnvFilter;
+
+/// A SOCKS4/4A server with access control by client, destination, port,
+/// user id and IDENT. Without --config: listens on 127.0.0.1:1080 and
+/// serves loopback clients only.
+#[derive(Parser)]
+#[command(
+    version,
+    after_help = "Signals: SIGHUP reloads the config file (listeners stay); \
+SIGTERM/SIGINT stop accepting and drain live sessions for drain_timeout.\n\
+Logs go to stderr; RUST_LOG overrides the config's `log` level."
+)]
+struct Args {
+    /// TOML configuration file (see README, section socks4d).
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on, instead of the config's `listen` (repeatable).
+    #[arg(long, short, value_name = "ADDR:PORT")]
+    listen: Vec<SocketAddr>,
+    /// Validate the configuration, print the effective settings and rules, and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("socks4d: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    if !args.listen.is_empty() {
+        config.listen = args.listen.clone();
+    }
+    if args.check {
+        let source = args.config.as_ref().map_or("built-in default".to_string(), |p| p.display().to_string());
+        println!("# socks4d: configuration OK ({source})");
+        print!("{config}");
+        return ExitCode::SUCCESS;
+    }
+
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("socks4d: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(socks4_server::run_daemon(config, args.config, args.listen)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("socks4d: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

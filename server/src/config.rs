@@ -1,0 +1,482 @@
+//! socks4d's configuration: the TOML file format, its validation (every
+//! error names the file, the line and the key) and the built-in default.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use socks4_proto::Command;
+use toml::Spanned;
+
+use crate::rules::{Action, DestPattern, IdentMode, Rule, Rules, UserPattern};
+
+/// Where outgoing connections and BIND listeners live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum External {
+    /// The local address of the kernel's route to the destination.
+    Auto,
+    /// A fixed local address.
+    Addr(Ipv4Addr),
+}
+
+/// The effective settings of a running server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub external: External,
+    /// Limit on establishing a CONNECT and on waiting for the BIND peer.
+    pub connect_timeout: Duration,
+    /// A client must have sent its whole request within this time.
+    pub handshake_timeout: Duration,
+    /// Limit on resolving a SOCKS4A name.
+    pub resolve_timeout: Duration,
+    /// Limit on the whole IDENT exchange.
+    pub ident_timeout: Duration,
+    /// Port of identd on the client's host (113; other values are for tests).
+    pub ident_port: u16,
+    /// How long live sessions may drain after SIGTERM/SIGINT.
+    pub drain_timeout: Duration,
+    /// Cap on concurrent sessions; a client over it gets 91.
+    pub max_connections: usize,
+    /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
+    pub log: String,
+    pub rules: Rules,
+}
+
+impl Default for Config {
+    /// Listens on 127.0.0.1:1080 and serves loopback clients only: never an
+    /// open proxy by default.
+    fn default() -> Self {
+        Config {
+            listen: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 1080))],
+            external: External::Auto,
+            connect_timeout: Duration::from_secs(120),
+            handshake_timeout: Duration::from_secs(10),
+            resolve_timeout: Duration::from_secs(10),
+            ident_timeout: Duration::from_secs(5),
+            ident_port: 113,
+            drain_timeout: Duration::from_secs(5),
+            max_connections: 10_000,
+            log: "info".into(),
+            rules: Rules {
+                rules: vec![Rule {
+                    from: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+                    ..Rule::new(Action::Allow)
+                }],
+            },
+        }
+    }
+}
+
+/// A configuration that could not be read or is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read { file: String, source: std::io::Error },
+    /// `file:line: key: message`, the line where the bad key or value is.
+    #[error("{file}:{line}: {key}: {message}")]
+    Invalid { file: String, line: usize, key: String, message: String },
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Read`] if the file cannot be read,
+    /// [`ConfigError::Invalid`] naming line and key otherwise.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses and validates configuration text; `file` is only used in errors.
+    /// Keys left out keep their [`Config::default`] value, except the rules:
+    /// a file without `[[rule]]` refuses every request.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming line and key.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let cx = Cx { text, file };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| cx.error(e.span().unwrap_or(0..0), None, e.message().to_string()))?;
+        let mut config = Config::default();
+        if let Some(listen) = raw.listen {
+            config.listen = listen
+                .iter()
+                .map(|s| {
+                    s.get_ref().parse().map_err(|_| cx.error(s.span(), Some("listen"), "expected ADDR:PORT".into()))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(ext) = raw.external {
+            config.external = match ext.get_ref().as_str() {
+                "auto" => External::Auto,
+                s => External::Addr(s.parse().map_err(|_| {
+                    cx.error(ext.span(), Some("external"), "expected \"auto\" or an IPv4 address".into())
+                })?),
+            };
+        }
+        for (slot, value, key) in [
+            (&mut config.connect_timeout, &raw.connect_timeout, "connect_timeout"),
+            (&mut config.handshake_timeout, &raw.handshake_timeout, "handshake_timeout"),
+            (&mut config.resolve_timeout, &raw.resolve_timeout, "resolve_timeout"),
+            (&mut config.ident_timeout, &raw.ident_timeout, "ident_timeout"),
+            (&mut config.drain_timeout, &raw.drain_timeout, "drain_timeout"),
+        ] {
+            if let Some(v) = value {
+                *slot = parse_duration(v.get_ref()).map_err(|m| cx.error(v.span(), Some(key), m))?;
+            }
+        }
+        if let Some(port) = raw.ident_port {
+            config.ident_port = u16::try_from(*port.get_ref())
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| cx.error(port.span(), Some("ident_port"), "expected a port 1-65535".into()))?;
+        }
+        if let Some(max) = raw.max_connections {
+            config.max_connections = usize::try_from(*max.get_ref())
+                .ok()
+                .filter(|&m| m > 0)
+                .ok_or_else(|| cx.error(max.span(), Some("max_connections"), "expected a number above 0".into()))?;
+        }
+        if let Some(log) = raw.log {
+            if tracing_subscriber::EnvFilter::try_new(log.get_ref()).is_err() {
+                return Err(cx.error(log.span(), Some("log"), "not a log filter (e.g. \"info\", \"debug\")".into()));
+            }
+            config.log = log.into_inner();
+        }
+        config.rules = Rules { rules: raw.rule.into_iter().map(|r| cx.rule(r)).collect::<Result<_, _>>()? };
+        Ok(config)
+    }
+}
+
+/// Parses `"500ms"`, `"10s"`, `"2m"`, `"1h"` (a bare number is seconds).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let bad = || format!("{s:?} is not a duration (e.g. \"500ms\", \"10s\", \"2m\", \"1h\")");
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(bad()),
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?}: a zero time limit would refuse everything"));
+    }
+    Ok(d)
+}
+
+/// Formats a duration the way the config file writes it.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<Vec<Spanned<String>>>,
+    external: Option<Spanned<String>>,
+    connect_timeout: Option<Spanned<String>>,
+    handshake_timeout: Option<Spanned<String>>,
+    resolve_timeout: Option<Spanned<String>>,
+    ident_timeout: Option<Spanned<String>>,
+    drain_timeout: Option<Spanned<String>>,
+    ident_port: Option<Spanned<i64>>,
+    max_connections: Option<Spanned<i64>>,
+    log: Option<Spanned<String>>,
+    #[serde(default)]
+    rule: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Option<String>,
+    action: Spanned<String>,
+    from: Option<Vec<Spanned<String>>>,
+    to: Option<Vec<Spanned<String>>>,
+    ports: Option<Vec<Spanned<toml::Value>>>,
+    commands: Option<Vec<Spanned<String>>>,
+    users: Option<Vec<Spanned<String>>>,
+    ident: Option<Spanned<String>>,
+}
+
+/// The text being parsed, for turning byte spans into line numbers.
+struct Cx<'a> {
+    text: &'a str,
+    file: &'a str,
+}
+
+impl Cx<'_> {
+    /// An error at `span`. Without a known key, the key is read from the
+    /// line itself (`key = ...` or a `[table]` header).
+    fn error(&self, span: Range<usize>, key: Option<&str>, message: String) -> ConfigError {
+        let start = span.start.min(self.text.len());
+        let line = self.text[..start].matches('\n').count() + 1;
+        let key = key.map(str::to_string).unwrap_or_else(|| {
+            let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
+            let line_text = self.text[line_start..].lines().next().unwrap_or("").trim();
+            match line_text.split_once('=') {
+                Some((k, _)) if !line_text.starts_with('[') => k.trim().to_string(),
+                _ if line_text.starts_with('[') => line_text.to_string(),
+                _ => "(file)".to_string(),
+            }
+        });
+        ConfigError::Invalid { file: self.file.to_string(), line, key, message }
+    }
+
+    fn rule(&self, raw: RawRule) -> Result<Rule, ConfigError> {
+        let action = match raw.action.get_ref().as_str() {
+            "allow" => Action::Allow,
+            "deny" => Action::Deny,
+            _ => return Err(self.error(raw.action.span(), Some("action"), "expected \"allow\" or \"deny\"".into())),
+        };
+        let mut rule = Rule::new(action);
+        rule.name = raw.name;
+        if let Some(from) = raw.from {
+            rule.from = self.list(from, "from", "expected a network like \"10.0.0.0/8\" or an address", |s| {
+                s.parse::<IpNet>().ok().or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+            })?;
+        }
+        if let Some(to) = raw.to {
+            rule.to = self.list(
+                to,
+                "to",
+                "expected an IPv4 network, an address, a host name, \"*.domain\" or \"*\"",
+                DestPattern::parse,
+            )?;
+        }
+        if let Some(ports) = raw.ports {
+            rule.ports = ports
+                .into_iter()
+                .map(|p| {
+                    parse_ports(p.get_ref()).ok_or_else(|| {
+                        self.error(p.span(), Some("ports"), "expected a port or a range like \"1-1023\"".into())
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(commands) = raw.commands {
+            rule.commands = self.list(commands, "commands", "expected \"connect\" or \"bind\"", |s| match s {
+                "connect" => Some(Command::Connect),
+                "bind" => Some(Command::Bind),
+                _ => None,
+            })?;
+        }
+        if let Some(users) = raw.users {
+            rule.users = self.list(users, "users", "expected a user id or \"*\"", |s| {
+                Some(if s == "*" { UserPattern::Any } else { UserPattern::Exact(s.as_bytes().to_vec()) })
+            })?;
+        }
+        if let Some(ident) = raw.ident {
+            rule.ident = match ident.get_ref().as_str() {
+                "off" => IdentMode::Off,
+                "require" => IdentMode::Require,
+                "match" => IdentMode::Match,
+                _ => {
+                    return Err(self.error(
+                        ident.span(),
+                        Some("ident"),
+                        "expected \"off\", \"require\" or \"match\"".into(),
+                    ));
+                }
+            };
+        }
+        Ok(rule)
+    }
+
+    /// Parses every entry of a list key, naming the first bad entry's line.
+    /// An empty list is refused: it would make the rule match nothing.
+    fn list<T>(
+        &self,
+        items: Vec<Spanned<String>>,
+        key: &str,
+        expected: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<Vec<T>, ConfigError> {
+        if items.is_empty() {
+            // No span for an empty list; fall back to searching the key.
+            let at = self.text.find(&format!("{key} ")).or_else(|| self.text.find(&format!("{key}="))).unwrap_or(0);
+            return Err(self.error(
+                at..at,
+                Some(key),
+                "an empty list matches nothing; leave the key out to match all".into(),
+            ));
+        }
+        items
+            .iter()
+            .map(|s| {
+                parse(s.get_ref().trim())
+                    .ok_or_else(|| self.error(s.span(), Some(key), format!("{:?}: {expected}", s.get_ref())))
+            })
+            .collect()
+    }
+}
+
+/// A port (`80`, `"80"`) or an inclusive range (`"1-1023"`).
+fn parse_ports(v: &toml::Value) -> Option<(u16, u16)> {
+    match v {
+        toml::Value::Integer(n) => u16::try_from(*n).ok().filter(|&p| p != 0).map(|p| (p, p)),
+        toml::Value::String(s) => {
+            let (lo, hi) = match s.split_once('-') {
+                Some((lo, hi)) => (lo.trim().parse().ok()?, hi.trim().parse().ok()?),
+                None => {
+                    let p = s.trim().parse().ok()?;
+                    (p, p)
+                }
+            };
+            (lo <= hi).then_some((lo, hi))
+        }
+        _ => None,
+    }
+}
+
+impl fmt::Display for Config {
+    /// The effective settings, in the config file's own syntax.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let listen: Vec<String> = self.listen.iter().map(|a| format!("\"{a}\"")).collect();
+        writeln!(f, "listen = [{}]", listen.join(", "))?;
+        match self.external {
+            External::Auto => writeln!(f, "external = \"auto\"")?,
+            External::Addr(a) => writeln!(f, "external = \"{a}\"")?,
+        }
+        writeln!(f, "connect_timeout = \"{}\"", format_duration(self.connect_timeout))?;
+        writeln!(f, "handshake_timeout = \"{}\"", format_duration(self.handshake_timeout))?;
+        writeln!(f, "resolve_timeout = \"{}\"", format_duration(self.resolve_timeout))?;
+        writeln!(f, "ident_timeout = \"{}\"", format_duration(self.ident_timeout))?;
+        writeln!(f, "ident_port = {}", self.ident_port)?;
+        writeln!(f, "drain_timeout = \"{}\"", format_duration(self.drain_timeout))?;
+        writeln!(f, "max_connections = {}", self.max_connections)?;
+        writeln!(f, "log = \"{}\"", self.log)?;
+        if self.rules.rules.is_empty() {
+            writeln!(f, "# no rules: every request is refused (91)")?;
+        }
+        for (i, rule) in self.rules.rules.iter().enumerate() {
+            writeln!(f, "\n# rule {i}")?;
+            write!(f, "{rule}")?;
+        }
+        writeln!(f, "\n# no rule matches: refused (91)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invalid(text: &str) -> (usize, String, String) {
+        match Config::parse(text, "t.toml") {
+            Err(ConfigError::Invalid { line, key, message, .. }) => (line, key, message),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_file_keeps_defaults_but_has_no_rules() {
+        let c = Config::parse("", "t.toml").unwrap();
+        assert_eq!(c.listen, Config::default().listen);
+        assert!(c.rules.rules.is_empty());
+    }
+
+    #[test]
+    fn parses_every_key() {
+        let c = Config::parse(
+            r#"
+listen = ["127.0.0.1:1081", "[::1]:1082"]
+external = "127.0.0.2"
+connect_timeout = "2m"
+handshake_timeout = "500ms"
+resolve_timeout = "3s"
+ident_timeout = "4s"
+ident_port = 1113
+drain_timeout = "1h"
+max_connections = 7
+log = "debug"
+[[rule]]
+name = "lan"
+action = "deny"
+from = ["10.0.0.0/8", "192.0.2.1"]
+to = ["0.0.0.0/0", "*.example.com", "localhost", "*"]
+ports = [80, "1000-2000", "443"]
+commands = ["bind"]
+users = ["*", "fred"]
+ident = "match"
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.external, External::Addr(Ipv4Addr::new(127, 0, 0, 2)));
+        assert_eq!(c.connect_timeout, Duration::from_secs(120));
+        assert_eq!(c.handshake_timeout, Duration::from_millis(500));
+        assert_eq!(c.ident_port, 1113);
+        assert_eq!(c.drain_timeout, Duration::from_secs(3600));
+        assert_eq!(c.max_connections, 7);
+        let r = &c.rules.rules[0];
+        assert_eq!(r.name.as_deref(), Some("lan"));
+        assert_eq!(r.action, Action::Deny);
+        assert_eq!(r.from.len(), 2);
+        assert_eq!(r.to.len(), 4);
+        assert_eq!(r.ports, vec![(80, 80), (1000, 2000), (443, 443)]);
+        assert_eq!(r.commands, vec![Command::Bind]);
+        assert_eq!(r.ident, IdentMode::Match);
+    }
+
+    #[test]
+    fn names_line_and_key_of_bad_values() {
+        let text = "listen = [\"127.0.0.1:1\"]\n\n[[rule]]\naction = \"allow\"\nfrom = [\"10.0.0.0/33\"]\n";
+        let (line, key, msg) = invalid(text);
+        assert_eq!((line, key.as_str()), (5, "from"), "{msg}");
+        assert_eq!(invalid("x = 1\n").0, 1);
+        assert_eq!(invalid("\n\nbogus = 1\n"), (3, "bogus".into(), invalid("\n\nbogus = 1\n").2));
+        assert_eq!(invalid("\nconnect_timeout = \"2 fortnights\"\n").0, 2);
+        assert_eq!(invalid("\n[[rule]]\naction = \"allow\"\nports = [\"9-1\"]\n").1, "ports");
+        assert_eq!(invalid("\n[[rule]]\naction = \"allow\"\nports = [70000]\n").0, 4);
+        assert_eq!(invalid("[[rule]]\naction = \"maybe\"\n").1, "action");
+        assert_eq!(invalid("[[rule]]\naction = \"allow\"\nident = \"yes\"\n").0, 3);
+        assert_eq!(invalid("[[rule]]\naction = \"allow\"\nto = [\"::/0\"]\n").1, "to");
+        assert_eq!(invalid("[[rule]]\naction = \"allow\"\ncommands = [\"udp\"]\n").1, "commands");
+        assert_eq!(invalid("[[rule]]\naction = \"allow\"\nusers = []\n").1, "users");
+        assert_eq!(invalid("max_connections = 0\n").1, "max_connections");
+        assert_eq!(invalid("external = \"::1\"\n").1, "external");
+        assert_eq!(invalid("\n[[rule]]\nfrom = []\n").1, "[[rule]]");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("1d").is_err());
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+    }
+
+    #[test]
+    fn display_round_trips() {
+        let c = Config::default();
+        let again = Config::parse(&c.to_string(), "t.toml").unwrap();
+        assert_eq!(again, c);
+    }
+}

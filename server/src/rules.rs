@@ -1,0 +1,372 @@
+//! Access control: the ordered rule list and the pure decision
+//! [`evaluate`] (first match wins; no match refuses).
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::{IpNet, Ipv4Net};
+use socks4_proto::Command;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+/// What IDENT (RFC 1413) a matching rule asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdentMode {
+    /// No IDENT query.
+    #[default]
+    Off,
+    /// identd must answer with a USERID; otherwise reply 92.
+    Require,
+    /// As `Require`, and its user id must equal the request's USERID; otherwise 93.
+    Match,
+}
+
+/// One entry of a rule's `to` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DestPattern {
+    /// Any destination, address or name.
+    Any,
+    /// An IPv4 network; matches the address (for SOCKS4A: the resolved address).
+    Net(Ipv4Net),
+    /// One host name (lower case), SOCKS4A only.
+    Host(String),
+    /// `*.example.com`: every name below `example.com` (stored as `.example.com`).
+    Suffix(String),
+}
+
+impl DestPattern {
+    /// Parses a `to` entry; `None` if it is none of the accepted forms.
+    pub fn parse(s: &str) -> Option<DestPattern> {
+        if s == "*" {
+            return Some(DestPattern::Any);
+        }
+        if let Ok(net) = s.parse::<Ipv4Net>() {
+            return Some(DestPattern::Net(net.trunc()));
+        }
+        if let Ok(ip) = s.parse::<Ipv4Addr>() {
+            return Some(DestPattern::Net(Ipv4Net::from(ip)));
+        }
+        let is_name = |n: &str| {
+            !n.is_empty()
+                && !n.starts_with('.')
+                && !n.contains("..")
+                && n.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+                // An address-looking word that did not parse (e.g. "::/0") is a typo, not a name.
+                && n.bytes().any(|b| b.is_ascii_alphabetic())
+        };
+        if let Some(domain) = s.strip_prefix("*.") {
+            return is_name(domain).then(|| DestPattern::Suffix(format!(".{}", domain.to_ascii_lowercase())));
+        }
+        is_name(s).then(|| DestPattern::Host(s.to_ascii_lowercase()))
+    }
+
+    fn matches(&self, name: Option<&str>, ip: Option<Ipv4Addr>) -> bool {
+        match self {
+            DestPattern::Any => true,
+            DestPattern::Net(net) => ip.is_some_and(|ip| net.contains(&ip)),
+            DestPattern::Host(h) => name.is_some_and(|n| n.eq_ignore_ascii_case(h)),
+            DestPattern::Suffix(sfx) => name.is_some_and(|n| {
+                n.len() > sfx.len()
+                    && n.is_char_boundary(n.len() - sfx.len())
+                    && n[n.len() - sfx.len()..].eq_ignore_ascii_case(sfx)
+            }),
+        }
+    }
+}
+
+impl fmt::Display for DestPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DestPattern::Any => f.write_str("*"),
+            DestPattern::Net(n) => write!(f, "{n}"),
+            DestPattern::Host(h) => f.write_str(h),
+            DestPattern::Suffix(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
+/// One entry of a rule's `users` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserPattern {
+    Any,
+    /// Exactly these USERID bytes.
+    Exact(Vec<u8>),
+}
+
+/// One `[[rule]]`. Every list must have an entry matching the request for
+/// the rule to match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub name: Option<String>,
+    pub action: Action,
+    /// Client networks (IPv4 or IPv6; an IPv4-mapped IPv6 client counts as IPv4).
+    pub from: Vec<IpNet>,
+    pub to: Vec<DestPattern>,
+    /// Inclusive destination port ranges.
+    pub ports: Vec<(u16, u16)>,
+    pub commands: Vec<Command>,
+    pub users: Vec<UserPattern>,
+    pub ident: IdentMode,
+}
+
+impl Rule {
+    /// A rule with `action` that matches every request, no IDENT.
+    pub fn new(action: Action) -> Rule {
+        Rule {
+            name: None,
+            action,
+            from: vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()],
+            to: vec![DestPattern::Any],
+            ports: vec![(1, 65535)],
+            commands: vec![Command::Connect, Command::Bind],
+            users: vec![UserPattern::Any],
+            ident: IdentMode::Off,
+        }
+    }
+
+    /// Whether this rule applies to `q`.
+    pub fn matches(&self, q: &Query<'_>) -> bool {
+        let client = q.client.to_canonical();
+        self.from.iter().any(|n| n.contains(&client))
+            && self.to.iter().any(|p| p.matches(q.name, q.ip))
+            // Port 0 (a BIND with no primary port, say) is only matched by a range starting at 0.
+            && self.ports.iter().any(|&(lo, hi)| lo <= q.port && q.port <= hi)
+            && self.commands.contains(&q.command)
+            && self.users.iter().any(|u| match u {
+                UserPattern::Any => true,
+                UserPattern::Exact(id) => id == q.user,
+            })
+    }
+}
+
+impl fmt::Display for Rule {
+    /// The rule in config file syntax.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn list<T>(items: &[T], show: impl Fn(&T) -> String) -> String {
+            items.iter().map(|i| format!("\"{}\"", show(i))).collect::<Vec<_>>().join(", ")
+        }
+        writeln!(f, "[[rule]]")?;
+        if let Some(name) = &self.name {
+            writeln!(f, "name = \"{name}\"")?;
+        }
+        writeln!(f, "action = \"{}\"", if self.action == Action::Allow { "allow" } else { "deny" })?;
+        writeln!(f, "from = [{}]", list(&self.from, |n| n.to_string()))?;
+        writeln!(f, "to = [{}]", list(&self.to, |p| p.to_string()))?;
+        let ports = list(&self.ports, |&(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") });
+        writeln!(f, "ports = [{ports}]")?;
+        writeln!(f, "commands = [{}]", list(&self.commands, |c| c.name().to_string()))?;
+        let users = list(&self.users, |u| match u {
+            UserPattern::Any => "*".to_string(),
+            UserPattern::Exact(id) => String::from_utf8_lossy(id).into_owned(),
+        });
+        writeln!(f, "users = [{users}]")?;
+        let ident = match self.ident {
+            IdentMode::Off => "off",
+            IdentMode::Require => "require",
+            IdentMode::Match => "match",
+        };
+        writeln!(f, "ident = \"{ident}\"")
+    }
+}
+
+/// The ordered rule list.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Rules {
+    pub rules: Vec<Rule>,
+}
+
+/// What a request looks like to the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Query<'a> {
+    pub client: IpAddr,
+    pub command: Command,
+    pub port: u16,
+    /// The SOCKS4A host name, if the request carried one.
+    pub name: Option<&'a str>,
+    /// The destination address: DSTIP, or a SOCKS4A name's resolved address.
+    pub ip: Option<Ipv4Addr>,
+    pub user: &'a [u8],
+}
+
+/// The outcome of [`evaluate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub action: Action,
+    /// Index of the matching rule; `None` when no rule matched (refused).
+    pub rule: Option<usize>,
+    pub ident: IdentMode,
+}
+
+/// The access decision: the first rule that matches decides; no match is a
+/// refusal. A `to` entry matches a SOCKS4A request if it matches the name
+/// OR the resolved address, so a network rule (allow or deny) applies to
+/// names too: the server evaluates a name once per resolved address.
+pub fn evaluate(rules: &Rules, q: &Query<'_>) -> Decision {
+    rules
+        .rules
+        .iter()
+        .position(|r| r.matches(q))
+        .map(|i| Decision { action: rules.rules[i].action, rule: Some(i), ident: rules.rules[i].ident })
+        .unwrap_or(Decision { action: Action::Deny, rule: None, ident: IdentMode::Off })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(client: &str, ip: Option<&str>, name: Option<&'static str>) -> Query<'static> {
+        Query {
+            client: client.parse().unwrap(),
+            command: Command::Connect,
+            port: 80,
+            name,
+            ip: ip.map(|s| s.parse().unwrap()),
+            user: b"fred",
+        }
+    }
+
+    #[test]
+    fn default_config_serves_loopback_only() {
+        let rules = crate::Config::default().rules;
+        assert_eq!(evaluate(&rules, &q("127.0.0.1", Some("192.0.2.1"), None)).action, Action::Allow);
+        assert_eq!(evaluate(&rules, &q("::1", Some("192.0.2.1"), None)).action, Action::Allow);
+        assert_eq!(evaluate(&rules, &q("::ffff:127.0.0.9", Some("192.0.2.1"), None)).action, Action::Allow);
+        let remote = evaluate(&rules, &q("192.0.2.9", Some("127.0.0.1"), None));
+        assert_eq!(remote, Decision { action: Action::Deny, rule: None, ident: IdentMode::Off });
+    }
+
+    #[test]
+    fn name_cannot_dodge_a_network_deny() {
+        let mut deny = Rule::new(Action::Deny);
+        deny.to = vec![DestPattern::parse("10.0.0.0/8").unwrap()];
+        let mut allow = Rule::new(Action::Allow);
+        allow.to = vec![DestPattern::parse("*.example.com").unwrap()];
+        let rules = Rules { rules: vec![deny, allow] };
+        let d = evaluate(&rules, &q("127.0.0.1", Some("10.1.2.3"), Some("in.example.com")));
+        assert_eq!((d.action, d.rule), (Action::Deny, Some(0)));
+        let d = evaluate(&rules, &q("127.0.0.1", Some("192.0.2.1"), Some("In.Example.COM")));
+        assert_eq!((d.action, d.rule), (Action::Allow, Some(1)));
+        // The bare domain is not below itself.
+        assert_eq!(evaluate(&rules, &q("127.0.0.1", Some("192.0.2.1"), Some("example.com"))).rule, None);
+    }
+
+    #[test]
+    fn patterns_parse() {
+        assert_eq!(DestPattern::parse("10.1.2.3"), Some(DestPattern::Net("10.1.2.3/32".parse().unwrap())));
+        assert_eq!(DestPattern::parse("10.1.2.3/8"), Some(DestPattern::Net("10.0.0.0/8".parse().unwrap())));
+        assert_eq!(DestPattern::parse("Files.Internal"), Some(DestPattern::Host("files.internal".into())));
+        assert_eq!(DestPattern::parse("::/0"), None);
+        assert_eq!(DestPattern::parse("10.0.0.0/40"), None);
+        assert_eq!(DestPattern::parse("*."), None);
+        assert_eq!(DestPattern::parse("a b"), None);
+    }
+
+    /// A tiny deterministic generator, so the property test needs no extra crate.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn pick<T: Clone>(&mut self, items: &[T]) -> T {
+            items[(self.next() % items.len() as u64) as usize].clone()
+        }
+        fn some<T: Clone>(&mut self, items: &[T]) -> Vec<T> {
+            let n = 1 + self.next() % 2;
+            (0..n).map(|_| self.pick(items)).collect()
+        }
+    }
+
+    /// Reference semantics written independently: walk the rules, check each
+    /// field by brute force over small domains.
+    fn reference(rules: &Rules, q: &Query<'_>) -> (Action, Option<usize>) {
+        for (i, r) in rules.rules.iter().enumerate() {
+            let client = match q.client {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(q.client),
+                v4 => v4,
+            };
+            let from_ok = r.from.iter().any(|n| n.contains(&client));
+            let to_ok = r.to.iter().any(|p| match p {
+                DestPattern::Any => true,
+                DestPattern::Net(n) => {
+                    let mask = if n.prefix_len() == 0 { 0 } else { u32::MAX << (32 - n.prefix_len()) };
+                    q.ip.is_some_and(|ip| u32::from(ip) & mask == u32::from(n.network()) & mask)
+                }
+                DestPattern::Host(h) => q.name.map(str::to_ascii_lowercase).as_deref() == Some(h),
+                DestPattern::Suffix(s) => q.name.is_some_and(|n| {
+                    let n = n.to_ascii_lowercase();
+                    n.ends_with(s.as_str()) && n != s[1..]
+                }),
+            });
+            let port_ok = r.ports.iter().any(|&(lo, hi)| (lo..=hi).contains(&q.port));
+            let cmd_ok = r.commands.iter().any(|c| *c == q.command);
+            let user_ok =
+                r.users.iter().any(|u| matches!(u, UserPattern::Any) || *u == UserPattern::Exact(q.user.to_vec()));
+            if from_ok && to_ok && port_ok && cmd_ok && user_ok {
+                return (r.action, Some(i));
+            }
+        }
+        (Action::Deny, None)
+    }
+
+    #[test]
+    fn evaluate_agrees_with_reference() {
+        let froms: Vec<IpNet> = ["127.0.0.0/8", "10.0.0.0/8", "10.1.0.0/16", "0.0.0.0/0", "::1/128"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let tos: Vec<DestPattern> =
+            ["*", "10.0.0.0/8", "10.1.2.3", "192.0.2.0/24", "localhost", "*.example.com", "0.0.0.0/0"]
+                .iter()
+                .map(|s| DestPattern::parse(s).unwrap())
+                .collect();
+        let ports = [(1, 65535), (80, 80), (1, 1023), (0, 0), (443, 8080)];
+        let users = [UserPattern::Any, UserPattern::Exact(b"fred".to_vec()), UserPattern::Exact(Vec::new())];
+        let clients: Vec<IpAddr> = ["127.0.0.1", "10.1.9.9", "10.2.0.1", "192.0.2.5", "::1", "::ffff:10.1.0.1"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let ips: Vec<Option<Ipv4Addr>> =
+            [None, Some("10.1.2.3"), Some("10.9.9.9"), Some("192.0.2.77"), Some("127.0.0.1"), Some("0.0.0.0")]
+                .iter()
+                .map(|s| s.map(|s| s.parse().unwrap()))
+                .collect();
+        let names = [None, Some("localhost"), Some("a.example.com"), Some("example.com"), Some("LocalHost")];
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..3000 {
+            let n = rng.next() % 4;
+            let rules = Rules {
+                rules: (0..n)
+                    .map(|_| Rule {
+                        name: None,
+                        action: rng.pick(&[Action::Allow, Action::Deny]),
+                        from: rng.some(&froms),
+                        to: rng.some(&tos),
+                        ports: rng.some(&ports),
+                        commands: rng.some(&[Command::Connect, Command::Bind]),
+                        users: rng.some(&users),
+                        ident: IdentMode::Off,
+                    })
+                    .collect(),
+            };
+            for _ in 0..10 {
+                let query = Query {
+                    client: rng.pick(&clients),
+                    command: rng.pick(&[Command::Connect, Command::Bind]),
+                    port: rng.pick(&[0, 21, 80, 443, 1080, 65535]),
+                    name: rng.pick(&names),
+                    ip: rng.pick(&ips),
+                    user: rng.pick(&[&b"fred"[..], b"", b"bob"]),
+                };
+                let d = evaluate(&rules, &query);
+                assert_eq!((d.action, d.rule), reference(&rules, &query), "{rules:?} {query:?}");
+            }
+        }
+    }
+}

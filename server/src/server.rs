@@ -1,0 +1,278 @@
+//! The server: accept loops over the listeners, the session cap, live
+//! config reload, graceful shutdown, and the daemon's signal handling.
+
+use std::future::Future;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use socks4_proto::{Reply, ReplyCode};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::session;
+
+/// After an accept error such as EMFILE, wait this long before retrying:
+/// the error would repeat at once and spin the loop.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Clients over `max_connections` being refused at the same time; beyond
+/// this they are dropped without a reply.
+const MAX_REFUSING: usize = 256;
+
+/// State shared by the accept loops and the sessions.
+struct Shared {
+    config: RwLock<Arc<Config>>,
+    /// Live sessions (not counting clients being refused for the cap).
+    active: AtomicUsize,
+    refusing: AtomicUsize,
+}
+
+impl Shared {
+    fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// A running server. Dropping it stops accepting but leaves live sessions
+/// running; call [`Server::shutdown`] to drain them.
+pub struct Server {
+    local_addrs: Vec<SocketAddr>,
+    shared: Arc<Shared>,
+    /// Set to true: accept loops stop.
+    stop: watch::Sender<bool>,
+    /// Set to true: live sessions are cut.
+    kill: watch::Sender<bool>,
+    accept_tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds every address in `config.listen` and starts serving.
+    ///
+    /// # Errors
+    ///
+    /// The first address that cannot be bound, named in the error.
+    pub async fn bind(config: Config) -> io::Result<Server> {
+        let mut listeners = Vec::new();
+        for addr in &config.listen {
+            let l =
+                TcpListener::bind(addr).await.map_err(|e| io::Error::new(e.kind(), format!("listen {addr}: {e}")))?;
+            listeners.push(l);
+        }
+        Server::from_listeners(listeners, config)
+    }
+
+    /// Serves on listeners bound by the caller (`config.listen` is ignored).
+    /// Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// If a listener's local address cannot be read.
+    pub fn from_listeners(listeners: Vec<TcpListener>, config: Config) -> io::Result<Server> {
+        let local_addrs = listeners.iter().map(TcpListener::local_addr).collect::<io::Result<Vec<_>>>()?;
+        let shared = Arc::new(Shared {
+            config: RwLock::new(Arc::new(config)),
+            active: AtomicUsize::new(0),
+            refusing: AtomicUsize::new(0),
+        });
+        let (stop, _) = watch::channel(false);
+        let (kill, _) = watch::channel(false);
+        let accept_tasks = listeners
+            .into_iter()
+            .map(|l| tokio::spawn(accept_loop(l, shared.clone(), stop.subscribe(), kill.subscribe())))
+            .collect();
+        Ok(Server { local_addrs, shared, stop, kill, accept_tasks })
+    }
+
+    /// The addresses actually listened on (port 0 resolved).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Replaces the configuration for sessions accepted from now on; live
+    /// sessions keep the one they started with. Listeners stay as they are.
+    pub fn reload(&self, config: Config) {
+        *self.shared.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    }
+
+    /// The configuration new sessions get.
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.config()
+    }
+
+    /// Sessions running now.
+    pub fn active_sessions(&self) -> usize {
+        self.shared.active.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting (listeners close at once), lets live sessions run for
+    /// up to the configured `drain_timeout`, then cuts the rest. Returns
+    /// whether every session finished on its own.
+    pub async fn shutdown(mut self) -> bool {
+        let _ = self.stop.send(true);
+        for task in std::mem::take(&mut self.accept_tasks) {
+            let _ = task.await;
+        }
+        let deadline = tokio::time::Instant::now() + self.shared.config().drain_timeout;
+        while self.active_sessions() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let drained = self.active_sessions() == 0;
+        if !drained {
+            tracing::warn!(sessions = self.active_sessions(), "drain time over: closing live sessions");
+            let _ = self.kill.send(true);
+        }
+        drained
+    }
+}
+
+/// Serves `listeners` until `shutdown` resolves, then drains as
+/// [`Server::shutdown`] does.
+///
+/// # Errors
+///
+/// If the server cannot start on the listeners.
+pub async fn run(listeners: Vec<TcpListener>, config: Config, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+    let server = Server::from_listeners(listeners, config)?;
+    shutdown.await;
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Decrements the session count however the session task ends.
+struct ActiveGuard(Arc<Shared>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    kill: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            // The client gave up before we got to it: nothing wrong with us.
+            Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset) => continue,
+            Err(e) => {
+                // EMFILE, ENFILE, ENOBUFS...: retrying at once would spin.
+                tracing::warn!(error = %e, "accept failed; backing off");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let config = shared.config();
+        if shared.active.fetch_add(1, Ordering::SeqCst) >= config.max_connections {
+            shared.active.fetch_sub(1, Ordering::SeqCst);
+            refuse_over_cap(stream, peer, &shared);
+            continue;
+        }
+        let guard = ActiveGuard(shared.clone());
+        let mut kill = kill.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let local = match stream.local_addr() {
+                Ok(a) => a,
+                Err(_) => return,
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::select! {
+                () = session::serve(stream, peer, local, &config) => {}
+                _ = kill.wait_for(|k| *k) => {}
+            }
+        });
+    }
+}
+
+/// Answers 91 to a client over the session cap, in a small bounded task.
+fn refuse_over_cap(mut stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
+    if shared.refusing.fetch_add(1, Ordering::SeqCst) >= MAX_REFUSING {
+        shared.refusing.fetch_sub(1, Ordering::SeqCst);
+        return;
+    }
+    tracing::warn!(peer = %peer, reply = 91, "max_connections reached: refused");
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let reply = Reply::code_only(ReplyCode::Rejected).to_bytes();
+        if tokio::time::timeout(Duration::from_secs(1), stream.write_all(&reply)).await.is_ok_and(|r| r.is_ok()) {
+            session::linger_close(&mut stream).await;
+        }
+        shared.refusing.fetch_sub(1, Ordering::SeqCst);
+    });
+}
+
+/// Runs the daemon: binds, prints `listening <ADDR>` on stdout for each
+/// listener, reloads `config_path` on SIGHUP (a bad file is logged and the
+/// old config kept; listeners do not change), and on SIGTERM/SIGINT drains
+/// and returns.
+///
+/// # Errors
+///
+/// If a listener cannot be bound or signals cannot be set up.
+pub async fn run_daemon(
+    config: Config,
+    config_path: Option<PathBuf>,
+    listen_override: Vec<SocketAddr>,
+) -> io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+
+    let server = Server::bind(config).await?;
+    {
+        let mut out = io::stdout().lock();
+        for addr in server.local_addrs() {
+            writeln!(out, "listening {addr}")?;
+        }
+        out.flush()?;
+    }
+    for addr in server.local_addrs() {
+        tracing::info!(addr = %addr, "listening");
+    }
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&server, config_path.as_deref(), &listen_override),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!(sessions = server.active_sessions(), "shutting down: draining sessions");
+    let drained = server.shutdown().await;
+    tracing::info!(drained, "stopped");
+    Ok(())
+}
+
+fn reload(server: &Server, path: Option<&std::path::Path>, listen_override: &[SocketAddr]) {
+    let Some(path) = path else {
+        tracing::info!("SIGHUP: no config file, nothing to reload");
+        return;
+    };
+    match Config::load(path) {
+        Ok(mut config) => {
+            if !listen_override.is_empty() {
+                config.listen = listen_override.to_vec();
+            }
+            if config.listen != server.config().listen {
+                tracing::warn!("SIGHUP: listen changed in the file; listeners stay as they are until restart");
+            }
+            tracing::info!(file = %path.display(), rules = config.rules.rules.len(), "SIGHUP: config reloaded");
+            server.reload(config);
+        }
+        Err(e) => tracing::error!(error = %e, "SIGHUP: bad config, keeping the old one"),
+    }
+}

@@ -1,0 +1,371 @@
+//! One client session: read the request, decide, IDENT, then CONNECT or
+//! BIND, relay, and log one line about it at the end.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use socks4_proto::{Command, Destination, Limits, ProtocolError, Reply, ReplyCode, Request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::config::Config;
+use crate::ident;
+use crate::net;
+use crate::relay::{self, Traffic};
+use crate::rules::{self, Action, Decision, IdentMode, Query};
+
+/// How long a refused client may keep sending before we close anyway; we
+/// read its leftovers so that closing does not turn into a reset that could
+/// destroy the reply in flight.
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// What the session log line reports.
+#[derive(Debug, Default)]
+struct Record {
+    user: String,
+    command: Option<Command>,
+    dest: Option<String>,
+    rule: Option<usize>,
+    rule_name: Option<String>,
+    /// The last reply code sent (for BIND, the second reply if one was sent).
+    reply: Option<ReplyCode>,
+    traffic: Traffic,
+    /// Why the session ended, when it was not a clean relay.
+    reason: String,
+}
+
+/// Serves one accepted client to the end. `local` is the address the
+/// client reached; `config` is the configuration at accept time (a reload
+/// does not change a live session).
+pub async fn serve(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, config: &Config) {
+    let start = Instant::now();
+    let mut rec = Record::default();
+    handle(&mut client, peer, local, config, &mut rec).await;
+    let rule = match (rec.rule, &rec.rule_name) {
+        (Some(i), Some(name)) => format!("{i}:{name}"),
+        (Some(i), None) => i.to_string(),
+        (None, _) => "-".to_string(),
+    };
+    tracing::info!(
+        peer = %peer,
+        user = ?rec.user,
+        command = rec.command.map_or("-", Command::name),
+        dest = rec.dest.as_deref().unwrap_or("-"),
+        rule = %rule,
+        reply = rec.reply.map_or(0, |c| c as u8),
+        bytes_up = rec.traffic.up,
+        bytes_down = rec.traffic.down,
+        duration_ms = start.elapsed().as_millis() as u64,
+        reason = %rec.reason,
+        "session"
+    );
+}
+
+async fn handle(client: &mut TcpStream, peer: SocketAddr, local: SocketAddr, config: &Config, rec: &mut Record) {
+    let (request, leftover) = match timeout(config.handshake_timeout, read_request(client)).await {
+        Err(_) => return rec.reason = "handshake timeout".into(),
+        Ok(Err(ReadError::Closed)) => return rec.reason = "closed before the request ended".into(),
+        Ok(Err(ReadError::Protocol(ProtocolError::BadVersion(v)))) => {
+            // Not a SOCKS4 client: it could not read a SOCKS4 reply anyway.
+            return rec.reason = format!("request version {v}: closed without reply");
+        }
+        Ok(Err(ReadError::Protocol(e))) => {
+            rec.reason = e.to_string();
+            return refuse(client, rec, ReplyCode::Rejected).await;
+        }
+        Ok(Ok(r)) => r,
+    };
+    rec.user = request.user_id_lossy().into_owned();
+    rec.command = Some(request.command);
+    rec.dest = Some(format!("{}:{}", request.destination, request.port));
+
+    // SOCKS4A: resolve first, then decide on the name and every address,
+    // so that a name cannot reach a network that the rules keep out.
+    let (name, addrs) = match &request.destination {
+        Destination::Ip(ip) => (None, vec![*ip]),
+        Destination::Name(name) => match resolve(name, config.resolve_timeout).await {
+            Ok(addrs) => (Some(name.as_str()), addrs),
+            Err(e) => {
+                rec.reason = format!("cannot resolve: {e}");
+                return refuse(client, rec, ReplyCode::Rejected).await;
+            }
+        },
+    };
+    let mut decision = None;
+    let mut refusal = None;
+    let mut allowed = Vec::new();
+    for &ip in &addrs {
+        let q = Query {
+            client: peer.ip(),
+            command: request.command,
+            port: request.port,
+            name,
+            ip: Some(ip),
+            user: &request.user_id,
+        };
+        let d = rules::evaluate(&config.rules, &q);
+        if d.action == Action::Allow {
+            decision.get_or_insert(d);
+            allowed.push(ip);
+        } else {
+            refusal.get_or_insert(d);
+        }
+    }
+    let Some(decision) = decision else {
+        rec.rule = refusal.and_then(|d| d.rule);
+        rec.rule_name = rec.rule.and_then(|i| config.rules.rules[i].name.clone());
+        rec.reason = "refused by rules".into();
+        return refuse(client, rec, ReplyCode::Rejected).await;
+    };
+    rec.rule = decision.rule;
+    rec.rule_name = decision.rule.and_then(|i| config.rules.rules[i].name.clone());
+
+    if let Some(code) = check_ident(&decision, peer, local, &request.user_id, config, rec).await {
+        return refuse(client, rec, code).await;
+    }
+
+    match request.command {
+        Command::Connect => connect(client, &allowed, request.port, &leftover, config, rec).await,
+        Command::Bind => bind(client, local, &allowed, &leftover, config, rec).await,
+    }
+}
+
+enum ReadError {
+    Closed,
+    Protocol(ProtocolError),
+}
+
+/// Reads exactly one request; returns it and any bytes the client sent
+/// after it (a client may pipeline data before the reply).
+async fn read_request(client: &mut TcpStream) -> Result<(Request, Vec<u8>), ReadError> {
+    let limits = Limits::default();
+    let mut buf = Vec::with_capacity(64);
+    let mut chunk = [0u8; 512];
+    loop {
+        match Request::decode_with(&buf, &limits) {
+            Ok(Some((request, used))) => return Ok((request, buf.split_off(used))),
+            Ok(None) => {}
+            Err(e) => return Err(ReadError::Protocol(e)),
+        }
+        let n = client.read(&mut chunk).await.map_err(|_| ReadError::Closed)?;
+        if n == 0 {
+            return Err(ReadError::Closed);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// IPv4 addresses of a SOCKS4A name (SOCKS4 cannot carry others).
+async fn resolve(name: &str, limit: Duration) -> Result<Vec<Ipv4Addr>, String> {
+    let found = timeout(limit, tokio::net::lookup_host((name, 0)))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let mut addrs = Vec::new();
+    for addr in found {
+        if let SocketAddr::V4(a) = addr
+            && !addrs.contains(a.ip())
+        {
+            addrs.push(*a.ip());
+        }
+    }
+    if addrs.is_empty() {
+        return Err("no IPv4 address".into());
+    }
+    Ok(addrs)
+}
+
+/// Runs the IDENT check the matching rule asks for; `Some(code)` refuses.
+async fn check_ident(
+    decision: &Decision,
+    peer: SocketAddr,
+    local: SocketAddr,
+    user_id: &[u8],
+    config: &Config,
+    rec: &mut Record,
+) -> Option<ReplyCode> {
+    if decision.ident == IdentMode::Off {
+        return None;
+    }
+    match ident::lookup(local.ip(), peer, local.port(), config.ident_port, config.ident_timeout).await {
+        Err(e) => {
+            rec.reason = format!("ident: {e}");
+            Some(ReplyCode::IdentUnreachable)
+        }
+        Ok(id) if decision.ident == IdentMode::Match && id != user_id => {
+            rec.reason = format!("ident: identd says {:?}", String::from_utf8_lossy(&id));
+            Some(ReplyCode::IdentMismatch)
+        }
+        Ok(_) => None,
+    }
+}
+
+async fn connect(
+    client: &mut TcpStream,
+    addrs: &[Ipv4Addr],
+    port: u16,
+    leftover: &[u8],
+    config: &Config,
+    rec: &mut Record,
+) {
+    // One time limit for all addresses of a name together.
+    let attempt = async {
+        let mut last = None;
+        for &ip in addrs {
+            match net::connect(config.external, SocketAddrV4::new(ip, port)).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no address")))
+    };
+    let mut dest = match timeout(config.connect_timeout, attempt).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            rec.reason = format!("connect: {e}");
+            return refuse(client, rec, ReplyCode::Rejected).await;
+        }
+        Err(_) => {
+            rec.reason = "connect: timed out".into();
+            return refuse(client, rec, ReplyCode::Rejected).await;
+        }
+    };
+    // The address the destination sees us as: a socksified program answers
+    // getsockname() with it.
+    let outgoing = match dest.local_addr() {
+        Ok(SocketAddr::V4(a)) => a,
+        _ => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+    };
+    rec.reply = Some(ReplyCode::Granted);
+    if client.write_all(&Reply::new(ReplyCode::Granted, outgoing).to_bytes()).await.is_err() {
+        return rec.reason = "client gone before the reply".into();
+    }
+    relay_with(client, &mut dest, leftover, rec).await;
+}
+
+async fn bind(
+    client: &mut TcpStream,
+    local: SocketAddr,
+    addrs: &[Ipv4Addr],
+    leftover: &[u8],
+    config: &Config,
+    rec: &mut Record,
+) {
+    // Listen where our CONNECTs to that host come from (see net::external_for);
+    // if no route is known, on the address the client reached, else anywhere.
+    let expected = addrs[0];
+    let ip = net::external_for(config.external, expected)
+        .or(match local.ip() {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+        })
+        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let listener = match net::bind_listener(ip) {
+        Ok(l) => l,
+        Err(e) => {
+            rec.reason = format!("bind listener: {e}");
+            return refuse(client, rec, ReplyCode::Rejected).await;
+        }
+    };
+    let bound = match listener.local_addr() {
+        Ok(SocketAddr::V4(a)) => a,
+        _ => SocketAddrV4::new(ip, 0),
+    };
+    rec.reply = Some(ReplyCode::Granted);
+    if client.write_all(&Reply::new(ReplyCode::Granted, bound).to_bytes()).await.is_err() {
+        return rec.reason = "client gone before the first reply".into();
+    }
+
+    let waited = timeout(config.connect_timeout, async {
+        tokio::select! {
+            accepted = listener.accept() => Some(accepted),
+            () = client_gone(client) => None,
+        }
+    })
+    .await;
+    // One connection only: stop listening now, which frees the port.
+    drop(listener);
+    let (mut peer_stream, from) = match waited {
+        Err(_) => {
+            rec.reason = "bind: no connection in time".into();
+            return refuse(client, rec, ReplyCode::Rejected).await;
+        }
+        Ok(None) => {
+            rec.reason = "bind: cancelled by the client".into();
+            return;
+        }
+        Ok(Some(Err(e))) => {
+            rec.reason = format!("bind: accept: {e}");
+            return refuse(client, rec, ReplyCode::Rejected).await;
+        }
+        Ok(Some(Ok(a))) => a,
+    };
+    let from_v4 = match from {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(a) => SocketAddrV4::new(a.ip().to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED), a.port()),
+    };
+    // DSTIP 0.0.0.0 names no host: any host may connect (the rules' `to` still had to allow 0.0.0.0).
+    if !addrs.contains(from_v4.ip()) && !expected.is_unspecified() {
+        rec.reason = format!("bind: connection from {from}, expected {expected}");
+        drop(peer_stream);
+        return refuse(client, rec, ReplyCode::Rejected).await;
+    }
+    if client.write_all(&Reply::new(ReplyCode::Granted, from_v4).to_bytes()).await.is_err() {
+        return rec.reason = "client gone before the second reply".into();
+    }
+    relay_with(client, &mut peer_stream, leftover, rec).await;
+}
+
+/// Resolves when the client closes (or fails) while BIND waits. Data from
+/// the client is left in the socket for the relay and stops the watch.
+async fn client_gone(client: &TcpStream) {
+    let mut probe = [0u8; 1];
+    match client.peek(&mut probe).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
+}
+
+async fn relay_with(client: &mut TcpStream, dest: &mut TcpStream, leftover: &[u8], rec: &mut Record) {
+    if !leftover.is_empty() {
+        if let Err(e) = dest.write_all(leftover).await {
+            return rec.reason = format!("relay: {e}");
+        }
+        rec.traffic.up += leftover.len() as u64;
+    }
+    let (traffic, result) = relay::relay(client, dest).await;
+    rec.traffic.up += traffic.up;
+    rec.traffic.down += traffic.down;
+    if let Err(e) = result {
+        rec.reason = format!("relay: {e}");
+    }
+}
+
+/// Sends a refusal and closes: our side shuts down at once (the client
+/// sees the reply and EOF), then we read what the client may still send,
+/// briefly, so the close does not reset the connection under the reply.
+async fn refuse(client: &mut TcpStream, rec: &mut Record, code: ReplyCode) {
+    rec.reply = Some(code);
+    if client.write_all(&Reply::code_only(code).to_bytes()).await.is_err() {
+        return;
+    }
+    linger_close(client).await;
+}
+
+/// Half-closes, then drains the client's input for a bounded time.
+pub(crate) async fn linger_close(client: &mut TcpStream) {
+    let _ = client.shutdown().await;
+    let _ = timeout(LINGER, async {
+        let mut sink = [0u8; 1024];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            match client.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+}
