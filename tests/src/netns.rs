@@ -37,6 +37,30 @@ impl Netns {
         cmd
     }
 
+    /// `cmd` (program, arguments, environment changes) run inside the namespace, as
+    /// `ip netns exec <ns> /usr/bin/env [-u K] [K=V]... program args...`: the environment is
+    /// applied by `env` after entering, so an LD_PRELOAD in it never loads into `ip` itself.
+    pub fn wrap(&self, cmd: &Command) -> Command {
+        let mut out = Command::new("ip");
+        out.args(["netns", "exec", &self.name, "/usr/bin/env"]);
+        // env takes its -u options before the assignments.
+        for (key, value) in cmd.get_envs() {
+            if value.is_none() {
+                out.arg("-u").arg(key);
+            }
+        }
+        for (key, value) in cmd.get_envs() {
+            if let Some(v) = value {
+                let mut kv = key.to_os_string();
+                kv.push("=");
+                kv.push(v);
+                out.arg(kv);
+            }
+        }
+        out.arg(cmd.get_program()).args(cmd.get_args());
+        out
+    }
+
     /// `ip -n <ns> args...`.
     ///
     /// # Panics
