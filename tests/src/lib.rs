@@ -15,7 +15,7 @@ mod socks4d;
 mod socksify;
 mod tempdir;
 
-pub use binaries::{Binaries, binaries};
+pub use binaries::{Binaries, binaries, socks4d_binary};
 pub use danted::{Danted, DantedOptions};
 pub use ftp::{FtpClient, FtpJob, FtpRun, run_ftp};
 pub use ftpd::{FtpEvent, PyFtpd};

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::{ChildGuard, TempDir, binaries};
+use crate::{ChildGuard, TempDir, socks4d_binary};
 
 /// How to start socks4d beyond its config file.
 #[derive(Debug, Clone, Default)]
@@ -49,7 +49,7 @@ impl Socks4d {
         let log_path = dir.join("socks4d.stderr");
         let log = std::fs::File::create(&log_path).expect("create socks4d log");
 
-        let socks4d = &binaries().socks4d;
+        let socks4d = socks4d_binary();
         let mut cmd = match &opts.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
