@@ -29,12 +29,21 @@ pub struct FtpJob {
     pub list: Option<String>,
     /// `(remote name, local path)` to fetch in binary mode.
     pub get: Vec<(String, PathBuf)>,
+    /// `(local path, remote name)` to store in binary mode (needs a user with write access).
+    pub put: Vec<(PathBuf, String)>,
 }
 
 impl FtpJob {
     /// Anonymous session against `server`.
     pub fn anonymous(server: SocketAddr) -> FtpJob {
-        FtpJob { server, user: "anonymous".into(), password: "socks4@test".into(), list: None, get: Vec::new() }
+        FtpJob {
+            server,
+            user: "anonymous".into(),
+            password: "socks4@test".into(),
+            list: None,
+            get: Vec::new(),
+            put: Vec::new(),
+        }
     }
 }
 
@@ -84,6 +93,9 @@ impl FtpClient {
                 for (remote, local) in &job.get {
                     s += &format!("get {remote} {}\n", local.display());
                 }
+                for (local, remote) in &job.put {
+                    s += &format!("put {} {remote}\n", local.display());
+                }
                 s += "bye\n";
             }
             FtpClient::Lftp => {
@@ -105,6 +117,9 @@ impl FtpClient {
                 }
                 for (remote, local) in &job.get {
                     s += &format!("get {remote} -o {}; ", local.display());
+                }
+                for (local, remote) in &job.put {
+                    s += &format!("put {} -o {remote}; ", local.display());
                 }
                 s += "bye";
             }

@@ -21,12 +21,23 @@ pub struct ActiveFtp<'a> {
     pub proxy_ip: IpAddr,
     /// Size of the fetched file.
     pub size: usize,
+    /// Also store a file of this size (as user `tester`, active mode: the server connects to
+    /// the proxy's BIND address and the bytes flow client -> proxy -> server).
+    pub upload: Option<usize>,
     pub timeout: Duration,
 }
 
 impl ActiveFtp<'_> {
     pub fn new(client: FtpClient, ftpd_ip: IpAddr, proxy_ip: IpAddr) -> ActiveFtp<'static> {
-        ActiveFtp { client, ftpd_netns: None, ftpd_ip, proxy_ip, size: 5 << 20, timeout: Duration::from_secs(25) }
+        ActiveFtp {
+            client,
+            ftpd_netns: None,
+            ftpd_ip,
+            proxy_ip,
+            size: 5 << 20,
+            upload: None,
+            timeout: Duration::from_secs(25),
+        }
     }
 
     /// Runs the session with the client command built by `make` (see `run_ftp`) and asserts;
@@ -48,6 +59,13 @@ impl ActiveFtp<'_> {
         let mut job = FtpJob::anonymous(ftpd.addr);
         job.list = Some(".".into());
         job.get.push(("big.bin".into(), local.clone()));
+        let upload = self.upload.map(|n| test_content(n, 0xc0ffee));
+        if let Some(up) = &upload {
+            job.user = "tester".into();
+            job.password = "secret".into();
+            std::fs::write(dir.join("up.bin"), up).expect("write up.bin");
+            job.put.push((dir.join("up.bin"), "up.bin".into()));
+        }
         let out = run_ftp(client, &job, make, self.timeout);
         let diag = || {
             format!(
@@ -110,5 +128,23 @@ impl ActiveFtp<'_> {
             content.len(),
             diag()
         );
+        if let Some(up) = &upload {
+            let stored = std::fs::read(root.join("up.bin")).unwrap_or_default();
+            assert!(
+                stored.len() == up.len() && checksum(&stored) == checksum(up),
+                "stored file differs: {} bytes, want {}: {}",
+                stored.len(),
+                up.len(),
+                diag()
+            );
+            assert!(
+                ftpd.transfers()
+                    .iter()
+                    .any(|(cmd, _, done, bytes)| cmd == "STOR" && *done && *bytes == up.len() as u64),
+                "no completed STOR of {} bytes: {}",
+                up.len(),
+                diag()
+            );
+        }
     }
 }

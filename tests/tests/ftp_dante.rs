@@ -11,14 +11,15 @@ const DANTED_EXTERNAL: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
 
 fn shim_through_danted(client: FtpClient) {
     let danted = Danted::start(DANTED_EXTERNAL);
-    ActiveFtp::new(client, LOCALHOST, DANTED_EXTERNAL).run(|p| shim_command(p, danted.addr), || danted.log());
+    ActiveFtp { upload: Some(1 << 20), ..ActiveFtp::new(client, LOCALHOST, DANTED_EXTERNAL) }
+        .run(|p| shim_command(p, danted.addr), || danted.log());
 }
 
 #[test]
 fn socksify_inetutils_ftp_active_through_danted() {
     let danted = Danted::start(DANTED_EXTERNAL);
     let dir = TempDir::new("socksify");
-    ActiveFtp::new(FtpClient::Inetutils, LOCALHOST, DANTED_EXTERNAL)
+    ActiveFtp { upload: Some(1 << 20), ..ActiveFtp::new(FtpClient::Inetutils, LOCALHOST, DANTED_EXTERNAL) }
         .run(|p| socksify_command(p, danted.addr, &dir), || danted.log());
 }
 

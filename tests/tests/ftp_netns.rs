@@ -103,6 +103,7 @@ fn socksify_inetutils_ftp_active_through_socks4d_firewall() {
     let dir = TempDir::new("socksify-fw");
     let case = ActiveFtp {
         ftpd_netns: Some(topo.server.name()),
+        upload: Some(1 << 20),
         ..ActiveFtp::new(FtpClient::Inetutils, topo.server_ip, topo.proxy_outside_ip)
     };
     case.run(|p| topo.client.wrap(&socksify_command(p, socks4d.addr, &dir)), || socks4d.log());
@@ -114,6 +115,7 @@ fn shim_inetutils_ftp_active_through_danted_firewall() {
     let danted = danted_in(&topo);
     let case = ActiveFtp {
         ftpd_netns: Some(topo.server.name()),
+        upload: Some(1 << 20),
         ..ActiveFtp::new(FtpClient::Inetutils, topo.server_ip, topo.proxy_outside_ip)
     };
     case.run(|p| topo.client.wrap(&shim_command(p, danted.addr)), || danted.log());
@@ -127,6 +129,7 @@ fn socksify_inetutils_ftp_active_through_danted_firewall() {
     let dir = TempDir::new("socksify-fw");
     let case = ActiveFtp {
         ftpd_netns: Some(topo.server.name()),
+        upload: Some(1 << 20),
         ..ActiveFtp::new(FtpClient::Inetutils, topo.server_ip, topo.proxy_outside_ip)
     };
     case.run(|p| topo.client.wrap(&socksify_command(p, danted.addr, &dir)), || danted.log());

@@ -21,7 +21,9 @@ from = ["127.0.0.0/8"]
 
 fn shim_through_socks4d(client: FtpClient) {
     let socks4d = Socks4d::start(CONFIG);
-    ActiveFtp::new(client, LOCALHOST, SOCKS4D_EXTERNAL).run(|p| shim_command(p, socks4d.addr), || socks4d.log());
+    // Every client also stores a file: the BIND'd data connection carries bytes both ways.
+    ActiveFtp { upload: Some(1 << 20), ..ActiveFtp::new(client, LOCALHOST, SOCKS4D_EXTERNAL) }
+        .run(|p| shim_command(p, socks4d.addr), || socks4d.log());
 }
 
 /// Issue 2: Dante's client (the reference BIND implementation) against our server.
@@ -29,8 +31,25 @@ fn shim_through_socks4d(client: FtpClient) {
 fn socksify_inetutils_ftp_active_through_socks4d() {
     let socks4d = Socks4d::start(CONFIG);
     let dir = TempDir::new("socksify");
-    ActiveFtp::new(FtpClient::Inetutils, LOCALHOST, SOCKS4D_EXTERNAL)
+    ActiveFtp { upload: Some(1 << 20), ..ActiveFtp::new(FtpClient::Inetutils, LOCALHOST, SOCKS4D_EXTERNAL) }
         .run(|p| socksify_command(p, socks4d.addr, &dir), || socks4d.log());
+}
+
+fn socksify_through_socks4d(client: FtpClient) {
+    let socks4d = Socks4d::start(CONFIG);
+    let dir = TempDir::new("socksify");
+    ActiveFtp { upload: Some(1 << 20), ..ActiveFtp::new(client, LOCALHOST, SOCKS4D_EXTERNAL) }
+        .run(|p| socksify_command(p, socks4d.addr, &dir), || socks4d.log());
+}
+
+#[test]
+fn socksify_tnftp_active_through_socks4d() {
+    socksify_through_socks4d(FtpClient::Tnftp);
+}
+
+#[test]
+fn socksify_lftp_active_through_socks4d() {
+    socksify_through_socks4d(FtpClient::Lftp);
 }
 
 #[test]
