@@ -16,15 +16,17 @@ use std::time::{Duration, Instant};
 pub const GRANTED: [u8; 2] = [0, 90];
 pub const REJECTED: [u8; 8] = [0, 91, 0, 0, 0, 0, 0, 0];
 
-/// A config that allows everything from loopback, with short time limits
-/// so the tests can watch them expire; `extra` adds or overrides top keys.
+/// A config that allows loopback clients to loopback destinations only (so
+/// no garbage request can ever make the server connect elsewhere); `extra`
+/// sets top-level keys such as time limits.
 pub fn config(extra: &str) -> String {
     format!(
         "{extra}\n\
          [[rule]]\n\
          name = \"loopback\"\n\
          action = \"allow\"\n\
-         from = [\"127.0.0.0/8\"]\n"
+         from = [\"127.0.0.0/8\"]\n\
+         to = [\"127.0.0.0/8\"]\n"
     )
 }
 
