@@ -51,8 +51,8 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, c
     tracing::info!(
         peer = %peer,
         user = ?rec.user,
-        command = rec.command.map_or("-", Command::name),
-        dest = rec.dest.as_deref().unwrap_or("-"),
+        command = %rec.command.map_or("-", Command::name),
+        dest = %rec.dest.as_deref().unwrap_or("-"),
         rule = %rule,
         reply = rec.reply.map_or(0, |c| c as u8),
         bytes_up = rec.traffic.up,

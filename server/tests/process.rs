@@ -1,0 +1,347 @@
+//! The real `socks4d` binary: `--check`, `--help`, config errors naming
+//! line and key, the `listening` line, SIGHUP reload, SIGTERM drain, and
+//! curl through it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_socks4d");
+
+/// A per-test scratch directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("socks4d-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    fn write(&self, file: &str, text: &str) -> PathBuf {
+        let p = self.0.join(file);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+/// A running socks4d, killed by PID on drop.
+struct Daemon {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &TempDir, config: &PathBuf) -> Daemon {
+        let log = dir.0.join("stderr.log");
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let _ = tx.send(line.unwrap_or_default());
+            }
+        });
+        let line = rx.recv_timeout(Duration::from_secs(10)).expect("a `listening` line within 10 s");
+        let addr = line.strip_prefix("listening ").unwrap_or_else(|| panic!("unexpected stdout {line:?}"));
+        Daemon { addr: addr.parse().unwrap(), child, log }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success();
+        assert!(ok);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A CONNECT to `dest` through `proxy`; returns the stream and the reply code.
+fn connect(proxy: SocketAddr, dest: SocketAddr) -> (TcpStream, u8) {
+    let SocketAddr::V4(d) = dest else { panic!() };
+    let mut s = TcpStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut req = vec![4, 1];
+    req.extend_from_slice(&d.port().to_be_bytes());
+    req.extend_from_slice(&d.ip().octets());
+    req.push(0);
+    s.write_all(&req).unwrap();
+    let mut reply = [0u8; 8];
+    s.read_exact(&mut reply).unwrap();
+    (s, reply[1])
+}
+
+/// An echo server on 127.0.0.1:0 (threads; for the whole test process).
+fn echo() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let mut w = s;
+                let _ = std::io::copy(&mut r, &mut w);
+            });
+        }
+    });
+    addr
+}
+
+const ALLOW: &str = "drain_timeout = \"1s\"\n[[rule]]\naction = \"allow\"\nfrom = [\"127.0.0.0/8\"]\n";
+const DENY: &str = "drain_timeout = \"1s\"\n[[rule]]\naction = \"deny\"\n";
+
+#[test]
+fn help_names_the_flags() {
+    let out = run(&["--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--config", "--listen", "--check", "SIGHUP"] {
+        assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
+    }
+}
+
+#[test]
+fn check_prints_builtin_default() {
+    let out = run(&["--check"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("listen = [\"127.0.0.1:1080\"]"), "{text}");
+    assert!(text.contains("from = [\"127.0.0.0/8\", \"::1/128\"]"), "{text}");
+    assert!(text.contains("connect_timeout = \"2m\""), "{text}");
+}
+
+#[test]
+fn check_prints_effective_settings_and_rules() {
+    let dir = TempDir::new("check");
+    let path = dir.write(
+        "c.toml",
+        "handshake_timeout = \"3s\"\n[[rule]]\nname = \"office\"\naction = \"allow\"\nfrom = [\"10.0.0.0/8\"]\nports = [\"20-21\"]\nident = \"match\"\n",
+    );
+    let out = run(&["--check", "--config", path.to_str().unwrap(), "--listen", "127.0.0.1:9999"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "listen = [\"127.0.0.1:9999\"]",
+        "handshake_timeout = \"3s\"",
+        "name = \"office\"",
+        "from = [\"10.0.0.0/8\"]",
+        "ports = [\"20-21\"]",
+        "ident = \"match\"",
+        "# rule 0",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn bad_configs_name_file_line_and_key() {
+    let dir = TempDir::new("bad");
+    let cases = [
+        ("listen = [\"127.0.0.1:1\"]\nlisten_typo = 1\n", 2, "listen_typo"),
+        ("\n[[rule]]\naction = \"allow\"\nfrom = [\"10.0.0.0/8\", \"300.0.0.0/8\"]\n", 4, "from"),
+        ("[[rule]]\naction = \"allow\"\n\nports = [\"80-10\"]\n", 4, "ports"),
+        ("handshake_timeout = \"soon\"\n", 1, "handshake_timeout"),
+        ("[[rule]]\naction = \"allow\"\nident = \"maybe\"\n", 3, "ident"),
+        ("max_connections = \"many\"\n", 1, "max_connections"),
+    ];
+    for (text, line, key) in cases {
+        let path = dir.write("bad.toml", text);
+        let out = run(&["--check", "--config", path.to_str().unwrap()]);
+        assert!(!out.status.success(), "accepted:\n{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let want = format!("{}:{line}: {key}:", path.display());
+        assert!(err.contains(&want), "want {want:?} in {err:?}");
+    }
+    let out = run(&["--check", "--config", "/nonexistent/socks4d.toml"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/socks4d.toml"));
+}
+
+#[test]
+fn sighup_reloads_and_keeps_live_sessions() {
+    let dir = TempDir::new("hup");
+    let path = dir.write("c.toml", ALLOW);
+    let daemon = Daemon::start(&dir, &path);
+    let dest = echo();
+    let (mut live, code) = connect(daemon.addr, dest);
+    assert_eq!(code, 90);
+
+    std::fs::write(&path, DENY).unwrap();
+    daemon.signal("-HUP");
+    let start = Instant::now();
+    loop {
+        let (_, code) = connect(daemon.addr, dest);
+        if code == 91 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "reload not applied; log:\n{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    live.write_all(b"alive").unwrap();
+    let mut buf = [0u8; 5];
+    live.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"alive");
+
+    // A broken file is refused and the last good config stays.
+    std::fs::write(&path, "[[rule]]\naction = \"allow\"\nfrom = [\"nonsense\"]\n").unwrap();
+    daemon.signal("-HUP");
+    let start = Instant::now();
+    while !daemon.log().contains("bad config") {
+        assert!(start.elapsed() < Duration::from_secs(5), "no error logged:\n{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(daemon.log().contains(":3: from:"), "{}", daemon.log());
+    assert_eq!(connect(daemon.addr, dest).1, 91);
+}
+
+#[test]
+fn sigterm_drains_then_exits_zero() {
+    let dir = TempDir::new("term");
+    let path = dir.write("c.toml", ALLOW);
+    let mut daemon = Daemon::start(&dir, &path);
+    let (mut live, code) = connect(daemon.addr, echo());
+    assert_eq!(code, 90);
+    let started = Instant::now();
+    daemon.signal("-TERM");
+    // New clients are refused at once...
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(TcpStream::connect(daemon.addr).is_err(), "still accepting after SIGTERM");
+    // ...the live one keeps working during the drain...
+    live.write_all(b"drain").unwrap();
+    let mut buf = [0u8; 5];
+    live.read_exact(&mut buf).unwrap();
+    // ...and after drain_timeout (1s) the process exits 0.
+    let status = daemon.wait_exit(Duration::from_secs(5)).expect("exit after drain");
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let log = daemon.log();
+    assert!(log.contains("session"), "one line per session expected:\n{log}");
+}
+
+#[test]
+fn session_log_line_has_the_fields() {
+    let dir = TempDir::new("log");
+    let path = dir.write("c.toml", "[[rule]]\nname = \"lo\"\naction = \"allow\"\nfrom = [\"127.0.0.0/8\"]\n");
+    let daemon = Daemon::start(&dir, &path);
+    let dest = echo();
+    let (mut s, code) = connect(daemon.addr, dest);
+    assert_eq!(code, 90);
+    s.write_all(b"12345").unwrap();
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).unwrap();
+    drop(s);
+    let start = Instant::now();
+    loop {
+        let log = daemon.log();
+        if let Some(line) = log.lines().find(|l| l.contains(" session ") || l.ends_with(" session")) {
+            let dest = format!("dest={dest}");
+            for want in [
+                "peer=127.0.0.1:",
+                "user=\"\"",
+                "command=connect",
+                &dest,
+                "rule=0:lo",
+                "reply=90",
+                "bytes_up=5",
+                "bytes_down=5",
+                "duration_ms=",
+            ] {
+                assert!(line.contains(want), "{want} missing in {line}");
+            }
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "no session line:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A one-page HTTP server on 127.0.0.1:0 that reports each client's address.
+fn http_server() -> (SocketAddr, mpsc::Receiver<SocketAddr>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let _ = tx.send(s.peer_addr().unwrap());
+            let mut s = s;
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let body = "hello from behind the firewall\n";
+            let _ = write!(s, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn curl_socks4_and_socks4a_through_socks4d() {
+    let dir = TempDir::new("curl");
+    let path = dir.write("c.toml", &format!("external = \"127.0.0.2\"\n{ALLOW}"));
+    let daemon = Daemon::start(&dir, &path);
+    let (http, seen) = http_server();
+    for (flag, url) in [
+        ("--socks4", format!("http://127.0.0.1:{}/", http.port())),
+        ("--socks4a", format!("http://localhost:{}/", http.port())),
+    ] {
+        let out = Command::new("timeout")
+            .args(["20", "curl", "-sS", "--max-time", "10", flag, &daemon.addr.to_string(), &url])
+            .output()
+            .expect("curl is installed by scripts/test");
+        assert!(out.status.success(), "curl {flag}: {}\nlog:\n{}", String::from_utf8_lossy(&out.stderr), daemon.log());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from behind the firewall\n");
+        let peer = seen.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            peer.ip().to_string(),
+            "127.0.0.2",
+            "curl {flag}: the HTTP server must see the proxy's external address"
+        );
+    }
+}
