@@ -1,0 +1,72 @@
+//! The exported C entry points that LD_PRELOAD puts in front of libc's. Each file holds only the
+//! thin `extern "C"` functions; the decisions are in `ops`.
+//!
+//! Every hook runs its op inside the re-entrancy guard (a nested call goes straight to libc),
+//! catches panics (failing closed with EIO: a panic must never turn into a direct connection),
+//! and leaves errno untouched unless it returns -1.
+
+mod accept;
+mod bind;
+mod close;
+mod close_range;
+mod connect;
+mod dup;
+mod fcntl;
+mod getpeername;
+mod getsockname;
+mod listen;
+mod sendto;
+
+use std::ffi::c_int;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use crate::guard;
+use crate::log::error;
+use crate::ops::Verdict;
+use crate::sys;
+
+/// Runs `op` for a hooked call. A nested call (the shim's own) passes through.
+fn decide<T>(op: impl FnOnce() -> Verdict<T>) -> Verdict<T> {
+    let Some(_guard) = guard::enter() else { return Verdict::Pass };
+    let saved = sys::errno();
+    let verdict = catch_unwind(AssertUnwindSafe(op)).unwrap_or_else(|_| {
+        error!("internal error in the shim; the call fails (EIO)");
+        Verdict::Fail(libc::EIO)
+    });
+    sys::set_errno(saved);
+    verdict
+}
+
+/// Runs bookkeeping that must not change the call's result (close, dup).
+fn note(op: impl FnOnce()) {
+    let Some(_guard) = guard::enter() else { return };
+    let saved = sys::errno();
+    if catch_unwind(AssertUnwindSafe(op)).is_err() {
+        error!("internal error in the shim while tracking descriptors");
+    }
+    sys::set_errno(saved);
+}
+
+/// The C result of a verdict whose value is the return value.
+fn finish(verdict: Verdict<c_int>, real: impl FnOnce() -> c_int) -> c_int {
+    match verdict {
+        Verdict::Pass => real(),
+        Verdict::Done(v) => v,
+        Verdict::Fail(e) => fail(e),
+    }
+}
+
+fn fail(errno: sys::Errno) -> c_int {
+    sys::set_errno(errno);
+    -1
+}
+
+/// Loads the configuration before main, so the first connect does not pay for it, and installs
+/// the fork handlers.
+#[ctor::ctor]
+fn init() {
+    note(|| {
+        crate::registry::install_fork_handlers();
+        crate::config::get();
+    });
+}

@@ -1,0 +1,311 @@
+//! The registry: which descriptors the shim manages and in what state, keyed by descriptor.
+//!
+//! The lock is held for map operations only, never across I/O. `fork` is safe: the lock is taken
+//! before the fork (pthread_atfork) and released in both parent and child, so a child never
+//! inherits it held by a thread that does not exist there.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::sockaddr::ipv4_of;
+
+pub type Fd = i32;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketState {
+    /// A CONNECT through the proxy succeeded.
+    Connected {
+        /// The destination as the program gave it (getpeername).
+        dest: SocketAddr,
+        /// The IPv4 destination the proxy connected to (what a BIND request names).
+        target: SocketAddrV4,
+        /// The address the destination sees, from the reply; None when the reply said 0.0.0.0 and
+        /// the real local address is reported instead.
+        local: Option<SocketAddr>,
+        /// Order of the CONNECTs, to find the most recent.
+        seq: u64,
+    },
+    /// Really bound with port 0: a listen() on it may become a BIND.
+    BoundAnyPort { addr: SocketAddr },
+    /// bind() to the proxy-side address of a proxied connection: recorded, not done.
+    FakeBound { addr: SocketAddr, conn: SocketAddrV4 },
+    /// A BIND request was granted; the descriptor is the connection to the SOCKS server.
+    Bind(BindState),
+    /// The relayed connection handed out by accept.
+    Accepted { peer: SocketAddr, local: SocketAddr },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindState {
+    /// The destination the BIND request named.
+    pub conn: SocketAddrV4,
+    /// The address from the first reply (0.0.0.0 replaced by the server's), in the socket's family.
+    pub local: SocketAddr,
+    /// Bytes of the second reply received so far.
+    pub second_reply: [u8; 8],
+    pub received: usize,
+    /// Whether the socket was non-blocking when the one connection was accepted (later accepts then
+    /// answer EAGAIN rather than EINVAL); None until then.
+    pub accepted: Option<bool>,
+    /// The socket is AF_INET6.
+    pub v6: bool,
+}
+
+struct Inner {
+    map: BTreeMap<Fd, SocketState>,
+    seq: u64,
+    /// The destination of the most recent proxied CONNECT, even if since closed.
+    latest: Option<SocketAddrV4>,
+}
+
+pub struct Registry {
+    inner: Mutex<Inner>,
+    /// Entries in `map`, readable without the lock so the hot path skips it when nothing is managed.
+    len: AtomicUsize,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Registry {
+    pub const fn new() -> Self {
+        Registry { inner: Mutex::new(Inner { map: BTreeMap::new(), seq: 0, latest: None }), len: AtomicUsize::new(0) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Map operations cannot leave the map inconsistent, so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        let mut inner = self.lock();
+        let r = f(&mut inner);
+        self.len.store(inner.map.len(), Ordering::Release);
+        r
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len.load(Ordering::Acquire) == 0
+    }
+
+    pub fn get(&self, fd: Fd) -> Option<SocketState> {
+        if self.is_empty() {
+            return None;
+        }
+        self.lock().map.get(&fd).cloned()
+    }
+
+    pub fn insert(&self, fd: Fd, state: SocketState) {
+        self.with(|i| i.map.insert(fd, state));
+    }
+
+    pub fn remove(&self, fd: Fd) -> Option<SocketState> {
+        if self.is_empty() {
+            return None;
+        }
+        self.with(|i| i.map.remove(&fd))
+    }
+
+    /// Forgets descriptors `first..=last` (close_range).
+    pub fn remove_range(&self, first: Fd, last: Fd) {
+        if self.is_empty() || first > last {
+            return;
+        }
+        self.with(|i| i.map.retain(|&fd, _| fd < first || fd > last));
+    }
+
+    /// `new` is now a duplicate of `old` (dup, dup2, dup3, F_DUPFD): it had its own state dropped
+    /// by the implicit close and now shares `old`'s.
+    pub fn duplicate(&self, old: Fd, new: Fd) {
+        if self.is_empty() || old == new {
+            return;
+        }
+        self.with(|i| {
+            i.map.remove(&new);
+            if let Some(state) = i.map.get(&old).cloned() {
+                i.map.insert(new, state);
+            }
+        });
+    }
+
+    /// Changes a descriptor's state in place; None if it has none.
+    pub fn update<R>(&self, fd: Fd, f: impl FnOnce(&mut SocketState) -> R) -> Option<R> {
+        self.with(|i| i.map.get_mut(&fd).map(f))
+    }
+
+    /// Records a granted CONNECT.
+    pub fn connected(&self, fd: Fd, dest: SocketAddr, target: SocketAddrV4, local: Option<SocketAddr>) {
+        self.with(|i| {
+            i.seq += 1;
+            i.latest = Some(target);
+            i.map.insert(fd, SocketState::Connected { dest, target, local, seq: i.seq });
+        });
+    }
+
+    /// The destination of the most recent proxied connection whose proxy-side address is `ip`:
+    /// the connection a bind() to that address belongs to.
+    pub fn connection_with_local_ip(&self, ip: Ipv4Addr) -> Option<SocketAddrV4> {
+        if self.is_empty() {
+            return None;
+        }
+        let inner = self.lock();
+        inner
+            .map
+            .values()
+            .filter_map(|s| match s {
+                SocketState::Connected { target, local: Some(local), seq, .. }
+                    if ipv4_of(local).is_some_and(|l| *l.ip() == ip) =>
+                {
+                    Some((*seq, *target))
+                }
+                _ => None,
+            })
+            .max_by_key(|(seq, _)| *seq)
+            .map(|(_, target)| target)
+    }
+
+    /// The destination of the most recent proxied CONNECT of the process.
+    pub fn latest_connection(&self) -> Option<SocketAddrV4> {
+        self.lock().latest
+    }
+}
+
+static GLOBAL: Registry = Registry::new();
+
+pub fn global() -> &'static Registry {
+    &GLOBAL
+}
+
+thread_local! {
+    static HELD_OVER_FORK: RefCell<Option<MutexGuard<'static, Inner>>> = const { RefCell::new(None) };
+}
+
+extern "C" fn before_fork() {
+    let guard = GLOBAL.lock();
+    // If the thread-local is gone the guard just drops here: no worse than not holding it.
+    let _ = HELD_OVER_FORK.try_with(|h| *h.borrow_mut() = Some(guard));
+}
+
+extern "C" fn after_fork() {
+    let _ = HELD_OVER_FORK.try_with(|h| h.borrow_mut().take());
+}
+
+/// Registers the fork handlers; called once from the library constructor.
+pub fn install_fork_handlers() {
+    crate::sys::at_fork(before_fork, after_fork, after_fork);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    fn connect(r: &Registry, fd: Fd, dest: &str, local: Option<&str>) {
+        r.connected(fd, dest.parse().unwrap(), v4(dest), local.map(|l| l.parse().unwrap()));
+    }
+
+    #[test]
+    fn empty_registry_answers_without_state() {
+        let r = Registry::new();
+        assert!(r.is_empty());
+        assert_eq!(r.get(3), None);
+        assert_eq!(r.remove(3), None);
+        assert_eq!(r.latest_connection(), None);
+    }
+
+    #[test]
+    fn close_forgets_and_dup_copies() {
+        let r = Registry::new();
+        connect(&r, 5, "10.0.0.5:21", Some("192.0.2.1:4000"));
+        r.duplicate(5, 9);
+        assert!(matches!(r.get(9), Some(SocketState::Connected { .. })));
+        assert!(r.remove(5).is_some());
+        assert!(r.get(5).is_none());
+        assert!(r.get(9).is_some());
+        r.remove(9);
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn dup2_over_a_managed_descriptor_replaces_its_state() {
+        let r = Registry::new();
+        connect(&r, 5, "10.0.0.5:21", None);
+        r.insert(7, SocketState::BoundAnyPort { addr: "0.0.0.0:0".parse().unwrap() });
+        r.duplicate(5, 7);
+        assert!(matches!(r.get(7), Some(SocketState::Connected { .. })));
+        // Duplicating an unmanaged descriptor over a managed one leaves no state.
+        r.duplicate(4, 7);
+        assert_eq!(r.get(7), None);
+    }
+
+    #[test]
+    fn close_range_forgets_the_range_only() {
+        let r = Registry::new();
+        for fd in 3..10 {
+            connect(&r, fd, "10.0.0.5:21", None);
+        }
+        r.remove_range(5, 7);
+        let left: Vec<Fd> = (3..10).filter(|&fd| r.get(fd).is_some()).collect();
+        assert_eq!(left, [3, 4, 8, 9]);
+    }
+
+    #[test]
+    fn bind_destination_is_the_connection_with_that_local_address() {
+        let r = Registry::new();
+        connect(&r, 3, "10.0.0.5:21", Some("192.0.2.1:4000"));
+        connect(&r, 4, "10.0.0.6:21", Some("192.0.2.2:4001"));
+        connect(&r, 5, "10.0.0.7:80", Some("192.0.2.1:4002"));
+        assert_eq!(r.connection_with_local_ip("192.0.2.2".parse().unwrap()), Some(v4("10.0.0.6:21")));
+        // Two connections share the address: the most recent wins.
+        assert_eq!(r.connection_with_local_ip("192.0.2.1".parse().unwrap()), Some(v4("10.0.0.7:80")));
+        assert_eq!(r.connection_with_local_ip("192.0.2.9".parse().unwrap()), None);
+        assert_eq!(r.latest_connection(), Some(v4("10.0.0.7:80")));
+    }
+
+    #[test]
+    fn mapped_local_addresses_match_ipv4() {
+        let r = Registry::new();
+        connect(&r, 3, "10.0.0.5:21", Some("[::ffff:192.0.2.1]:4000"));
+        assert_eq!(r.connection_with_local_ip("192.0.2.1".parse().unwrap()), Some(v4("10.0.0.5:21")));
+    }
+
+    #[test]
+    fn latest_connection_survives_close() {
+        let r = Registry::new();
+        connect(&r, 3, "10.0.0.5:21", None);
+        r.remove(3);
+        assert_eq!(r.latest_connection(), Some(v4("10.0.0.5:21")));
+    }
+
+    #[test]
+    fn update_changes_in_place() {
+        let r = Registry::new();
+        r.insert(
+            3,
+            SocketState::Bind(BindState {
+                conn: v4("10.0.0.5:21"),
+                local: "192.0.2.1:5000".parse().unwrap(),
+                second_reply: [0; 8],
+                received: 0,
+                accepted: None,
+                v6: false,
+            }),
+        );
+        r.update(3, |s| {
+            if let SocketState::Bind(b) = s {
+                b.received = 3;
+            }
+        });
+        assert!(matches!(r.get(3), Some(SocketState::Bind(BindState { received: 3, .. }))));
+        assert_eq!(r.update(4, |_| ()), None);
+    }
+}
