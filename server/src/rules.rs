@@ -130,9 +130,13 @@ impl Rule {
 
     /// Whether this rule applies to `q`.
     pub fn matches(&self, q: &Query<'_>) -> bool {
+        self.matches_all_but_destination(q) && self.to.iter().any(|p| p.matches(q.name, q.ip))
+    }
+
+    /// Whether this rule applies to `q` for some destination address.
+    fn matches_all_but_destination(&self, q: &Query<'_>) -> bool {
         let client = q.client.to_canonical();
         self.from.iter().any(|n| n.contains(&client))
-            && self.to.iter().any(|p| p.matches(q.name, q.ip))
             // Port 0 (a BIND with no primary port, say) is only matched by a range starting at 0.
             && self.ports.iter().any(|&(lo, hi)| lo <= q.port && q.port <= hi)
             && self.commands.contains(&q.command)
@@ -212,6 +216,13 @@ pub fn evaluate(rules: &Rules, q: &Query<'_>) -> Decision {
         .position(|r| r.matches(q))
         .map(|i| Decision { action: rules.rules[i].action, rule: Some(i), ident: rules.rules[i].ident })
         .unwrap_or(Decision { action: Action::Deny, rule: None, ident: IdentMode::Off })
+}
+
+/// Whether some allow rule could match `q` whatever its destination
+/// address. When none can, a SOCKS4A request is refused before its name is
+/// looked up: no DNS queries on behalf of clients the rules keep out.
+pub fn may_allow(rules: &Rules, q: &Query<'_>) -> bool {
+    rules.rules.iter().any(|r| r.action == Action::Allow && r.matches_all_but_destination(q))
 }
 
 #[cfg(test)]
@@ -305,7 +316,7 @@ mod tests {
                 }),
             });
             let port_ok = r.ports.iter().any(|&(lo, hi)| (lo..=hi).contains(&q.port));
-            let cmd_ok = r.commands.iter().any(|c| *c == q.command);
+            let cmd_ok = r.commands.iter().filter(|&&c| c == q.command).count() > 0;
             let user_ok =
                 r.users.iter().any(|u| matches!(u, UserPattern::Any) || *u == UserPattern::Exact(q.user.to_vec()));
             if from_ok && to_ok && port_ok && cmd_ok && user_ok {
@@ -366,6 +377,10 @@ mod tests {
                 };
                 let d = evaluate(&rules, &query);
                 assert_eq!((d.action, d.rule), reference(&rules, &query), "{rules:?} {query:?}");
+                // The pre-resolution shortcut never refuses what evaluate would allow.
+                if d.action == Action::Allow {
+                    assert!(may_allow(&rules, &query), "{rules:?} {query:?}");
+                }
             }
         }
     }

@@ -39,8 +39,8 @@ impl Shared {
     }
 }
 
-/// A running server. Dropping it stops accepting but leaves live sessions
-/// running; call [`Server::shutdown`] to drain them.
+/// A running server. Dropping it closes the listeners and cuts live
+/// sessions at once; [`Server::shutdown`] lets them drain first.
 pub struct Server {
     local_addrs: Vec<SocketAddr>,
     shared: Arc<Shared>,

@@ -83,8 +83,20 @@ async fn handle(client: &mut TcpStream, peer: SocketAddr, local: SocketAddr, con
 
     // SOCKS4A: resolve first, then decide on the name and every address,
     // so that a name cannot reach a network that the rules keep out.
+    let query = |name, ip| Query {
+        client: peer.ip(),
+        command: request.command,
+        port: request.port,
+        name,
+        ip,
+        user: &request.user_id,
+    };
     let (name, addrs) = match &request.destination {
         Destination::Ip(ip) => (None, vec![*ip]),
+        Destination::Name(name) if !rules::may_allow(&config.rules, &query(Some(name.as_str()), None)) => {
+            rec.reason = "refused by rules (name not looked up)".into();
+            return refuse(client, rec, ReplyCode::Rejected).await;
+        }
         Destination::Name(name) => match resolve(name, config.resolve_timeout).await {
             Ok(addrs) => (Some(name.as_str()), addrs),
             Err(e) => {
@@ -97,15 +109,7 @@ async fn handle(client: &mut TcpStream, peer: SocketAddr, local: SocketAddr, con
     let mut refusal = None;
     let mut allowed = Vec::new();
     for &ip in &addrs {
-        let q = Query {
-            client: peer.ip(),
-            command: request.command,
-            port: request.port,
-            name,
-            ip: Some(ip),
-            user: &request.user_id,
-        };
-        let d = rules::evaluate(&config.rules, &q);
+        let d = rules::evaluate(&config.rules, &query(name, Some(ip)));
         if d.action == Action::Allow {
             decision.get_or_insert(d);
             allowed.push(ip);
