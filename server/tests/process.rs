@@ -345,3 +345,24 @@ fn curl_socks4_and_socks4a_through_socks4d() {
         );
     }
 }
+
+/// The README's configuration reference must parse, and its values must be
+/// the real defaults.
+#[test]
+fn readme_config_reference_is_valid_and_shows_the_defaults() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let section = &readme[readme.find("## socks4d").expect("README has a socks4d section")..];
+    let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let block = &section[start..start + section[start..].find("```").unwrap()];
+    let parsed = socks4_server::Config::parse(block, "README.md").unwrap();
+    let default = socks4_server::Config::default();
+    assert_eq!(
+        socks4_server::Config { rules: default.rules.clone(), ..parsed.clone() },
+        default,
+        "README shows other defaults than the code has"
+    );
+    let rule = &parsed.rules.rules[0];
+    let mut expected = socks4_server::rules::Rule::new(socks4_server::rules::Action::Allow);
+    expected.name = Some("office".into());
+    assert_eq!(*rule, expected, "README's rule shows other per-key defaults than the code has");
+}
