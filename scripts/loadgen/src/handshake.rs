@@ -1,11 +1,16 @@
 //! Sequential CONNECT handshakes: how long a client waits from `connect()`
 //! to the proxy until it holds a granted relay, one connection at a time.
 //!
-//! The destination accepts and closes at once; the client closes as soon as
-//! it has the reply. Each run listens on a fresh port, so the TIME_WAIT
-//! entries one run leaves never collide with the next run's 4-tuples.
+//! The client closes as soon as it has the reply; the destination closes
+//! only after it has read the end of the stream. Were both ends to close at
+//! once, the destination's TIME_WAIT could meet a later SYN on the same
+//! 4-tuple and stall that handshake for a 1 s SYN retransmission.
+//! Each run listens on a fresh port, so one run's TIME_WAIT entries never
+//! collide with the next run's 4-tuples.
 
+use std::io::Read;
 use std::net::TcpStream;
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -34,11 +39,21 @@ impl Handshakes {
 /// no rate worth reporting.
 pub fn run(proxy: Proxy, count: usize, warmup: usize, deadline: Duration) -> Result<Handshakes, ConnectError> {
     let (listener, dest) = crate::loopback_listener()?;
-    // Accept and drop: the relay's far end goes away at once, which is the
-    // cheapest destination the proxy can have.
+    // One thread accepts, another waits for each stream's end in turn, so
+    // a proxy slow to close one relay never fills the accept queue.
+    let (closing, to_close) = mpsc::channel::<TcpStream>();
     thread::spawn(move || {
-        for conn in listener.incoming() {
-            drop(conn);
+        for conn in listener.incoming().flatten() {
+            if closing.send(conn).is_err() {
+                return;
+            }
+        }
+    });
+    thread::spawn(move || {
+        let mut sink = [0u8; 512];
+        for mut conn in to_close {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
         }
     });
     let timeout = Duration::from_secs(5);
