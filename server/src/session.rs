@@ -105,6 +105,12 @@ async fn handle(client: &mut TcpStream, peer: SocketAddr, local: SocketAddr, con
             }
         },
     };
+    if addrs.iter().all(|ip| ip.is_unspecified()) && request.command == Command::Connect {
+        // Linux takes a connect to 0.0.0.0 as one to this host, which would
+        // slip past rules about 127.0.0.0/8.
+        rec.reason = "0.0.0.0 is not a destination".into();
+        return refuse(client, rec, ReplyCode::Rejected).await;
+    }
     let mut decision = None;
     let mut refusal = None;
     let mut allowed = Vec::new();
@@ -217,7 +223,7 @@ async fn connect(
     // One time limit for all addresses of a name together.
     let attempt = async {
         let mut last = None;
-        for &ip in addrs {
+        for &ip in addrs.iter().filter(|ip| !ip.is_unspecified()) {
             match net::connect(config.external, SocketAddrV4::new(ip, port)).await {
                 Ok(s) => return Ok(s),
                 Err(e) => last = Some(e),
@@ -236,6 +242,7 @@ async fn connect(
             return refuse(client, rec, ReplyCode::Rejected).await;
         }
     };
+    let _ = dest.set_nodelay(true);
     // The address the destination sees us as: a socksified program answers
     // getsockname() with it.
     let outgoing = match dest.local_addr() {
@@ -316,6 +323,7 @@ async fn bind(
         drop(peer_stream);
         return refuse(client, rec, ReplyCode::Rejected).await;
     }
+    let _ = peer_stream.set_nodelay(true);
     if client.write_all(&Reply::new(ReplyCode::Granted, from_v4).to_bytes()).await.is_err() {
         return rec.reason = "client gone before the second reply".into();
     }

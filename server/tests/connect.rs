@@ -246,3 +246,27 @@ async fn shutdown_drains_then_cuts() {
     expect_closed(&mut live).await;
     assert!(TcpStream::connect(proxy).await.is_err(), "listener must be closed");
 }
+
+#[tokio::test]
+async fn connect_to_unspecified_address_gets_91() {
+    // Linux would connect 0.0.0.0 to this host: it must not be a way around `to` rules.
+    let (dest, mut seen) = echo_server(Ipv4Addr::LOCALHOST).await;
+    let (_server, proxy) = start(OPEN).await;
+    let mut c = send(proxy, &request(1, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, dest.port()), b"", None)).await;
+    assert_eq!(read_reply(&mut c).await, REJECTED);
+    expect_closed(&mut c).await;
+    assert!(seen.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn ipv6_loopback_client_with_builtin_default() {
+    let mut config = socks4_server::Config::default();
+    config.connect_timeout = Duration::from_secs(1);
+    let listener = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
+    let server = socks4_server::Server::from_listeners(vec![listener], config).unwrap();
+    let (dest, mut seen) = echo_server(Ipv4Addr::LOCALHOST).await;
+    let mut c = send(server.local_addrs()[0], &request(1, dest, b"", None)).await;
+    assert_eq!(read_reply(&mut c).await, reply(90, v4(seen.recv().await.unwrap())));
+    c.write_all(b"v6").await.unwrap();
+    assert_eq!(read_n(&mut c, 2).await, b"v6");
+}
