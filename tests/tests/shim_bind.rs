@@ -1,0 +1,225 @@
+//! libsocks4.so BIND with real Python programs: bind/getsockname/listen/accept become a SOCKS4
+//! BIND through socks4d (external 127.0.0.2) and danted. The test plays the application server:
+//! it accepts the control connection, is told an address, connects to it from 127.0.0.1 and
+//! exchanges data both ways, recording where every byte went.
+
+mod shim_support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc::channel;
+use std::time::Duration;
+
+use shim_support::*;
+use socks4_tests::{Danted, RunOutput};
+
+/// What the application server saw.
+#[derive(Debug, Default)]
+struct Seen {
+    control_peer: Option<SocketAddr>,
+    /// The address the client told us to connect to (its getsockname on the listening socket).
+    told: Option<SocketAddr>,
+    /// Our data connection's own address: the peer the client must see in accept.
+    data_local: Option<SocketAddr>,
+    data_received: Vec<u8>,
+}
+
+/// Runs `mode` of CLIENT under the shim against `proxy` while playing the application server.
+fn bind_scenario(proxy: SocketAddr, mode: &str) -> (RunOutput, Seen) {
+    let app = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = app.local_addr().unwrap().port();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let mut seen = Seen::default();
+        let result = (|| -> std::io::Result<()> {
+            let (control, peer) = app.accept()?;
+            seen.control_peer = Some(peer);
+            control.set_read_timeout(Some(Duration::from_secs(15)))?;
+            let mut line = String::new();
+            BufReader::new(&control).read_line(&mut line)?;
+            let told: SocketAddr = line.trim().parse().map_err(std::io::Error::other)?;
+            seen.told = Some(told);
+            let mut data = TcpStream::connect_timeout(&told, Duration::from_secs(5))?;
+            seen.data_local = Some(data.local_addr()?);
+            data.set_read_timeout(Some(Duration::from_secs(15)))?;
+            data.write_all(b"from-server")?;
+            data.shutdown(std::net::Shutdown::Write)?;
+            data.read_to_end(&mut seen.data_received)?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            eprintln!("application server: {e}");
+        }
+        let _ = tx.send(seen);
+    });
+    let out = python(proxy, &format!("{PY_PRELUDE}{CLIENT}"), &[port.to_string(), mode.into()], &[]);
+    let seen = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+    (out, seen)
+}
+
+const CLIENT: &str = r#"
+import select
+port, mode = int(sys.argv[1]), sys.argv[2]
+c = socket.create_connection(("127.0.0.1", port))
+try:
+    if mode == "fake":
+        # inetutils-ftp/tnftp: bind to the control connection's address, port 0, then getsockname,
+        # then listen.
+        s = socket.socket()
+        s.bind((c.getsockname()[0], 0))
+        local = s.getsockname()
+        s.listen(1)
+    elif mode == "unbound":
+        # lftp: listen on an unbound socket.
+        s = socket.socket()
+        s.listen(1)
+        local = s.getsockname()
+    elif mode == "any":
+        # Python ftplib: create_server(("", 0)) binds 0.0.0.0:0 for real, then listens.
+        s = socket.create_server(("", 0), backlog=1)
+        local = s.getsockname()
+    elif mode == "nonblocking":
+        s = socket.socket()
+        s.bind((c.getsockname()[0], 0))
+        s.listen(1)
+        local = s.getsockname()
+        s.setblocking(False)
+        try:
+            s.accept()
+            out("early_accept", "accepted")
+        except BlockingIOError:
+            out("early_accept", "EAGAIN")
+        p = select.poll()
+        p.register(s, select.POLLIN)
+        out("readable_before", bool(p.poll(300)))
+    out("listen", fmt(local))
+    try:
+        s.getpeername()
+        out("listener_peer", "connected")
+    except OSError as e:
+        out("listener_peer", errno.errorcode.get(e.errno, e.errno))
+    c.sendall(f"{fmt(local)}\n".encode())
+    if mode == "nonblocking":
+        p = select.poll()
+        p.register(s, select.POLLIN)
+        out("readable_after", bool(p.poll(10000)))
+    conn, peer = s.accept()
+except OSError as e:
+    fail(e)
+out("accepted_peer", fmt(peer))
+out("conn_peer", fmt(conn.getpeername()))
+out("conn_local", fmt(conn.getsockname()))
+out("conn_inheritable", os.get_inheritable(conn.fileno()))
+conn.setblocking(True)
+got = b""
+while True:
+    chunk = conn.recv(4096)
+    if not chunk:
+        break
+    got += chunk
+out("received", got.decode())
+conn.sendall(b"from-client")
+conn.close()
+try:
+    s.accept()
+    out("second_accept", "accepted")
+except OSError as e:
+    out("second_accept", errno.errorcode.get(e.errno, e.errno))
+"#;
+
+/// The checks every successful BIND scenario must pass; `external` is the proxy's BIND address.
+fn assert_bind_worked(out: &RunOutput, seen: &Seen, external: std::net::IpAddr) {
+    let map = kv(out);
+    let listen = addr(&map, "listen", out);
+    assert_eq!(listen.ip(), external, "getsockname must give the proxy's BIND address:\n{out}");
+    assert_eq!(seen.told, Some(listen), "the program told the server its getsockname");
+    assert_eq!(seen.control_peer.map(|p| p.ip()), Some(external), "control connection via the proxy");
+    let data_local = seen.data_local.expect("the application server connected");
+    assert_eq!(addr(&map, "accepted_peer", out), data_local, "accept's peer comes from the second reply:\n{out}");
+    assert_eq!(addr(&map, "conn_peer", out), data_local, "getpeername on the accepted socket");
+    assert_eq!(addr(&map, "conn_local", out), listen, "getsockname on the accepted socket");
+    assert_eq!(get(&map, "received", out), "from-server");
+    assert_eq!(seen.data_received, b"from-client", "bytes from the program reach the server:\n{out}");
+    // Python's accept uses accept4(SOCK_CLOEXEC): the new descriptor must be close-on-exec.
+    assert_eq!(get(&map, "conn_inheritable", out), "False");
+    // The listening socket has no peer, though underneath it is connected to the proxy.
+    assert_eq!(get(&map, "listener_peer", out), "ENOTCONN");
+}
+
+#[test]
+fn python_bind_to_proxy_side_address_through_socks4d() {
+    let socks4d = socks4d();
+    let (out, seen) = bind_scenario(socks4d.addr, "fake");
+    assert_bind_worked(&out, &seen, EXTERNAL);
+    // SOCKS4 BIND carries one connection: a blocking second accept fails with EINVAL.
+    assert_eq!(get(&kv(&out), "second_accept", &out), "EINVAL");
+    assert!(out.stderr.contains("BIND carries one connection"), "{out}");
+}
+
+#[test]
+fn python_listen_on_unbound_socket_through_socks4d() {
+    let socks4d = socks4d();
+    let (out, seen) = bind_scenario(socks4d.addr, "unbound");
+    assert_bind_worked(&out, &seen, EXTERNAL);
+}
+
+#[test]
+fn python_create_server_any_port_through_socks4d() {
+    let socks4d = socks4d();
+    let (out, seen) = bind_scenario(socks4d.addr, "any");
+    assert_bind_worked(&out, &seen, EXTERNAL);
+}
+
+#[test]
+fn python_bind_through_danted() {
+    let danted = Danted::start(EXTERNAL);
+    let (out, seen) = bind_scenario(danted.addr, "fake");
+    assert_bind_worked(&out, &seen, EXTERNAL);
+}
+
+/// poll on the "listening" socket turns readable exactly when the second reply arrives; a
+/// non-blocking accept before that is EAGAIN, and after the one connection EAGAIN again.
+#[test]
+fn nonblocking_accept_and_poll_follow_the_second_reply() {
+    let socks4d = socks4d();
+    let (out, seen) = bind_scenario(socks4d.addr, "nonblocking");
+    assert_bind_worked(&out, &seen, EXTERNAL);
+    let map = kv(&out);
+    assert_eq!(get(&map, "early_accept", &out), "EAGAIN");
+    assert_eq!(get(&map, "readable_before", &out), "False");
+    assert_eq!(get(&map, "readable_after", &out), "True");
+    assert_eq!(get(&map, "second_accept", &out), "EAGAIN");
+}
+
+#[test]
+fn refused_bind_fails_listen_with_econnrefused() {
+    let socks4d = socks4d_with("[[rule]]\nname = \"no bind\"\naction = \"deny\"\ncommands = [\"bind\"]\n");
+    let (out, _) = bind_scenario(socks4d.addr, "unbound");
+    assert_eq!(kv(&out).get("errno").map(String::as_str), Some("ECONNREFUSED"), "{out}");
+    assert!(out.stderr.contains("bind request for 127.0.0.1:"), "{out}");
+    assert!(out.stderr.contains("refused: 91"), "{out}");
+}
+
+/// A real server on a fixed port stays local even in a process with a proxied connection.
+#[test]
+fn fixed_port_listener_stays_local() {
+    let socks4d = socks4d();
+    let server = TestServer::start("127.0.0.1:0".parse().unwrap(), b"");
+    let script = format!(
+        "{PY_PRELUDE}
+c = socket.create_connection(('127.0.0.1', {}))
+out('control_local', fmt(c.getsockname()))
+probe = socket.socket(); probe.bind(('127.0.0.1', 0)); port = probe.getsockname()[1]; probe.close()
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', port)); s.listen(1)
+out('listen', fmt(s.getsockname()))
+",
+        server.addr.port()
+    );
+    let out = python(socks4d.addr, &script, &[], &[]);
+    let map = kv(&out);
+    assert_eq!(addr(&map, "control_local", &out).ip(), EXTERNAL, "{out}");
+    let listen = addr(&map, "listen", &out);
+    assert_eq!(listen.ip(), LOCALHOST, "{out}");
+    assert_ne!(listen.port(), 0);
+}
