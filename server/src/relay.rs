@@ -37,6 +37,9 @@ pub async fn relay(client: &mut TcpStream, dest: &mut TcpStream) -> (Traffic, io
 
 /// Copies one direction until EOF, then half-closes the writer.
 async fn pump(mut from: ReadHalf<'_>, mut to: WriteHalf<'_>, count: &mut u64) -> io::Result<()> {
+    // Allocate only once there is something to read: thousands of idle
+    // relays (held-open connections) then cost no buffer memory.
+    from.readable().await?;
     let mut buf = vec![0u8; BUF_SIZE];
     loop {
         let n = from.read(&mut buf).await?;
