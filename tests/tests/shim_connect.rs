@@ -359,3 +359,123 @@ fn the_proxy_itself_is_reached_directly() {
     assert_eq!(out.stdout, "hello\n", "{out}");
     assert_eq!(peer.map(|p| p.ip()), Some(IpAddr::from(EXTERNAL)));
 }
+
+/// Signals during the exchange (EINTR) must not corrupt it. The fake proxy answers after 300 ms
+/// with a reply carrying 0.0.0.0 and a banner in the same write, while a 2 ms interval timer
+/// interrupts the shim's waits.
+#[test]
+fn signals_during_the_exchange_do_not_corrupt_it() {
+    let proxy = FakeProxy::start_delayed(Some(b"\x00\x5a\x00\x00\x00\x00\x00\x00banner"), Duration::from_millis(300));
+    let script = format!(
+        "{PY_PRELUDE}
+import signal
+count = [0]
+def on_alarm(*a):
+    count[0] += 1
+signal.signal(signal.SIGALRM, on_alarm)
+signal.setitimer(signal.ITIMER_REAL, 0.002, 0.002)
+try:
+    s = socket.create_connection(('10.0.0.5', 21))
+except OSError as e:
+    fail(e)
+signal.setitimer(signal.ITIMER_REAL, 0)
+out('signals', count[0])
+out('peer', fmt(s.getpeername()))
+out('local', fmt(s.getsockname()))
+out('after', s.recv(100).decode())
+"
+    );
+    let out = python(proxy.addr, &script, &[], &[("SOCKS4_USER", "u")]);
+    let map = kv(&out);
+    assert_eq!(get(&map, "after", &out), "banner");
+    assert_ne!(get(&map, "signals", &out), "0", "the timer must have fired during the exchange");
+    assert_eq!(addr(&map, "peer", &out), "10.0.0.5:21".parse().unwrap());
+    // The reply said 0.0.0.0: getsockname is the real local address of the connection to the proxy.
+    let local = addr(&map, "local", &out);
+    assert_eq!(local.ip(), LOCALHOST);
+    assert_ne!(local.port(), 0);
+    assert_eq!(*proxy.request.lock().unwrap(), b"\x04\x01\x00\x15\x0a\x00\x00\x05u\0");
+}
+
+/// dup, dup2, fcntl(F_DUPFD_CLOEXEC) share a proxied socket's state; close and close_range forget
+/// it, so a new socket that reuses the number is not mistaken for the old one.
+#[test]
+fn duplicates_and_closes_keep_the_registry_true() {
+    let socks4d = socks4d();
+    let server = TestServer::start("127.0.0.1:0".parse().unwrap(), b"");
+    let script = format!(
+        "{PY_PRELUDE}
+import fcntl
+def peer_of(fd):
+    s = socket.socket(fileno=os.dup(fd))
+    try:
+        return fmt(s.getpeername())
+    except OSError as e:
+        return errno.errorcode[e.errno]
+    finally:
+        s.close()
+s = socket.create_connection(('127.0.0.1', {port}))
+fd = s.detach()
+out('dup', peer_of(os.dup(fd)))
+os.dup2(fd, 50)
+out('dup2', peer_of(50))
+d = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 60)
+out('f_dupfd', peer_of(d))
+os.close(fd)
+n = socket.socket()
+out('reused', n.fileno() == fd)
+out('new_socket', peer_of(n.fileno()))
+os.closerange(50, 51)
+keep = [socket.socket()]
+while keep[-1].fileno() < 50:
+    keep.append(socket.socket())
+m = keep[-1]
+out('after_close_range_fd', m.fileno())
+out('after_close_range', peer_of(m.fileno()))
+out('still', peer_of(d))
+",
+        port = server.addr.port()
+    );
+    let out = python(socks4d.addr, &script, &[], &[]);
+    let map = kv(&out);
+    let dest = server.addr.to_string();
+    assert_eq!(get(&map, "dup", &out), dest, "{out}");
+    assert_eq!(get(&map, "dup2", &out), dest);
+    assert_eq!(get(&map, "f_dupfd", &out), dest);
+    assert_eq!(get(&map, "reused", &out), "True");
+    assert_eq!(get(&map, "new_socket", &out), "ENOTCONN");
+    assert_eq!(get(&map, "after_close_range_fd", &out), "50");
+    assert_eq!(get(&map, "after_close_range", &out), "ENOTCONN");
+    assert_eq!(get(&map, "still", &out), dest);
+}
+
+/// Many threads connecting at once through the proxy (bounded: 16 threads x 5 connections).
+#[test]
+fn concurrent_connections_from_threads() {
+    let socks4d = socks4d();
+    let server = TestServer::start("127.0.0.1:0".parse().unwrap(), b"");
+    let script = format!(
+        "{PY_PRELUDE}
+import threading
+ok = []
+def work(i):
+    for j in range(5):
+        s = socket.create_connection(('127.0.0.1', {port}))
+        if fmt(s.getpeername()) != '127.0.0.1:{port}':
+            return
+        s.sendall(b'x')
+        if s.recv(1) == b'x':
+            ok.append(1)
+        s.close()
+ts = [threading.Thread(target=work, args=(i,)) for i in range(16)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+out('ok', len(ok))
+",
+        port = server.addr.port()
+    );
+    let out = python(socks4d.addr, &script, &[], &[]);
+    assert_eq!(kv(&out).get("ok").map(String::as_str), Some("80"), "{out}");
+    let conns: Vec<_> = (0..80).map(|_| server.next_conn()).collect();
+    assert!(conns.iter().all(|c| c.peer.ip() == EXTERNAL && c.received == b"x"));
+}

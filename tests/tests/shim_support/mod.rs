@@ -157,6 +157,11 @@ pub struct FakeProxy {
 
 impl FakeProxy {
     pub fn start(reply: Option<&'static [u8]>) -> FakeProxy {
+        FakeProxy::start_delayed(reply, Duration::ZERO)
+    }
+
+    /// Like `start`, answering only after `delay`.
+    pub fn start_delayed(reply: Option<&'static [u8]>, delay: Duration) -> FakeProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let request = Arc::new(Mutex::new(Vec::new()));
@@ -168,6 +173,7 @@ impl FakeProxy {
             if let Ok(n) = s.read(&mut buf) {
                 req2.lock().unwrap().extend_from_slice(&buf[..n]);
             }
+            std::thread::sleep(delay);
             if let Some(reply) = reply {
                 let _ = s.write_all(reply);
             }
