@@ -1,8 +1,9 @@
-//! The logic of `socks4-run`: find libsocks4.so, build LD_PRELOAD, and say when preloading cannot
+//! The logic of `socks4-run` (compiled into it with `#[path]`, and into the rlib for its tests): find libsocks4.so, build LD_PRELOAD, and say when preloading cannot
 //! work (static binaries, setuid programs).
 
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -28,8 +29,7 @@ pub fn preload_value(lib: &Path, existing: Option<&OsStr>) -> OsString {
             .collect();
         for part in rest {
             value.push(":");
-            // SAFETY-free: the bytes come from an OsStr split on ASCII separators.
-            value.push(OsStr::new(&String::from_utf8_lossy(part).into_owned()));
+            value.push(OsStr::from_bytes(part));
         }
     }
     value
