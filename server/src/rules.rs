@@ -13,8 +13,8 @@ pub enum Action {
     Deny,
 }
 
-/// What IDENT (RFC 1413) a matching rule asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What IDENT (RFC 1413) a matching rule asks for, from least to most strict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub enum IdentMode {
     /// No IDENT query.
     #[default]

@@ -117,8 +117,11 @@ async fn handle(client: &mut TcpStream, peer: SocketAddr, local: SocketAddr, con
     for &ip in &addrs {
         let d = rules::evaluate(&config.rules, &query(name, Some(ip)));
         if d.action == Action::Allow {
-            decision.get_or_insert(d);
-            allowed.push(ip);
+            // The first allowed address's rule sets the IDENT check; another
+            // address is used only if its own rule asks for no more than that.
+            if d.ident <= decision.get_or_insert(d).ident {
+                allowed.push(ip);
+            }
         } else {
             refusal.get_or_insert(d);
         }
