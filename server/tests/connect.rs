@@ -260,8 +260,7 @@ async fn connect_to_unspecified_address_gets_91() {
 
 #[tokio::test]
 async fn ipv6_loopback_client_with_builtin_default() {
-    let mut config = socks4_server::Config::default();
-    config.connect_timeout = Duration::from_secs(1);
+    let config = socks4_server::Config { connect_timeout: Duration::from_secs(1), ..Default::default() };
     let listener = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
     let server = socks4_server::Server::from_listeners(vec![listener], config).unwrap();
     let (dest, mut seen) = echo_server(Ipv4Addr::LOCALHOST).await;
