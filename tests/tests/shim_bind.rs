@@ -60,9 +60,19 @@ fn bind_scenario(proxy: SocketAddr, mode: &str) -> (RunOutput, Seen) {
 const CLIENT: &str = r#"
 import select
 port, mode = int(sys.argv[1]), sys.argv[2]
-c = socket.create_connection(("127.0.0.1", port))
+if mode == "v6":
+    c = socket.socket(socket.AF_INET6)
+    c.connect(("::ffff:127.0.0.1", port))
+else:
+    c = socket.create_connection(("127.0.0.1", port))
 try:
-    if mode == "fake":
+    if mode == "v6":
+        # The same as "fake" on AF_INET6 sockets with IPv4-mapped addresses.
+        s = socket.socket(socket.AF_INET6)
+        s.bind((c.getsockname()[0], 0))
+        local = s.getsockname()
+        s.listen(1)
+    elif mode == "fake":
         # inetutils-ftp/tnftp: bind to the control connection's address, port 0, then getsockname,
         # then listen.
         s = socket.socket()
@@ -91,7 +101,9 @@ try:
             out("early_accept", "EAGAIN")
         p = select.poll()
         p.register(s, select.POLLIN)
-        out("readable_before", bool(p.poll(300)))
+        ep = select.epoll()
+        ep.register(s.fileno(), select.EPOLLIN)
+        out("readable_before", bool(p.poll(300)) or bool(ep.poll(0.1)) or bool(select.select([s], [], [], 0.1)[0]))
     out("listen", fmt(local))
     try:
         s.getpeername()
@@ -103,6 +115,8 @@ try:
         p = select.poll()
         p.register(s, select.POLLIN)
         out("readable_after", bool(p.poll(10000)))
+        out("epoll_after", bool(ep.poll(1)))
+        out("select_after", bool(select.select([s], [], [], 1)[0]))
     conn, peer = s.accept()
 except OSError as e:
     fail(e)
@@ -131,7 +145,7 @@ except OSError as e:
 fn assert_bind_worked(out: &RunOutput, seen: &Seen, external: std::net::IpAddr) {
     let map = kv(out);
     let listen = addr(&map, "listen", out);
-    assert_eq!(listen.ip(), external, "getsockname must give the proxy's BIND address:\n{out}");
+    assert_eq!(listen.ip().to_canonical(), external, "getsockname must give the proxy's BIND address:\n{out}");
     assert_eq!(seen.told, Some(listen), "the program told the server its getsockname");
     assert_eq!(seen.control_peer.map(|p| p.ip()), Some(external), "control connection via the proxy");
     let data_local = seen.data_local.expect("the application server connected");
@@ -171,6 +185,14 @@ fn python_create_server_any_port_through_socks4d() {
 }
 
 #[test]
+fn python_bind_on_ipv6_sockets_with_mapped_addresses_through_socks4d() {
+    let socks4d = socks4d();
+    let (out, seen) = bind_scenario(socks4d.addr, "v6");
+    assert_bind_worked(&out, &seen, EXTERNAL);
+    assert!(addr(&kv(&out), "listen", &out).is_ipv6(), "an AF_INET6 socket reports IPv6 addresses:\n{out}");
+}
+
+#[test]
 fn python_bind_through_danted() {
     let danted = Danted::start(EXTERNAL);
     let (out, seen) = bind_scenario(danted.addr, "fake");
@@ -188,6 +210,8 @@ fn nonblocking_accept_and_poll_follow_the_second_reply() {
     assert_eq!(get(&map, "early_accept", &out), "EAGAIN");
     assert_eq!(get(&map, "readable_before", &out), "False");
     assert_eq!(get(&map, "readable_after", &out), "True");
+    assert_eq!(get(&map, "epoll_after", &out), "True");
+    assert_eq!(get(&map, "select_after", &out), "True");
     assert_eq!(get(&map, "second_accept", &out), "EAGAIN");
 }
 
