@@ -366,3 +366,44 @@ fn readme_config_reference_is_valid_and_shows_the_defaults() {
     expected.name = Some("office".into());
     assert_eq!(*rule, expected, "README's rule shows other per-key defaults than the code has");
 }
+
+#[test]
+fn one_listening_line_per_listener() {
+    /// Kills the daemon by PID even if an assertion fails first.
+    struct Guard(Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Guard(
+        Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0", "--listen", "[::1]:0"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let second = lines.next().unwrap().unwrap();
+    drop(child);
+    let first: SocketAddr = first.strip_prefix("listening ").unwrap().parse().unwrap();
+    let second: SocketAddr = second.strip_prefix("listening ").unwrap().parse().unwrap();
+    assert!(first.is_ipv4() && first.port() != 0, "{first}");
+    assert!(second.is_ipv6() && second.port() != 0, "{second}");
+}
+
+#[test]
+fn busy_listen_address_fails_naming_it() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new("timeout").args(["10", BIN, "--listen", &addr]).output().unwrap();
+    assert!(!out.status.success() && out.status.code() != Some(124), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&addr), "{err}");
+    assert!(out.stdout.is_empty(), "no `listening` line for a failed start");
+}
