@@ -27,10 +27,12 @@ pub fn shim_command(program: &str, proxy: SocketAddr) -> Command {
 /// SOCKS4_DIRECT="" and no SOCKS4_USER.
 pub fn socks4_run_command(program: &str, proxy: SocketAddr) -> Command {
     let mut cmd = Command::new(&binaries().socks4_run);
-    cmd.env("SOCKS4_SERVER", proxy.to_string())
-        .env("SOCKS4_DIRECT", "")
+    cmd.env("SOCKS4_DIRECT", "")
+        .env_remove("SOCKS4_SERVER")
         .env_remove("SOCKS4_USER")
         .env_remove("LD_PRELOAD")
+        .arg("--server")
+        .arg(proxy.to_string())
         .arg("--")
         .arg(program);
     cmd
