@@ -3,7 +3,6 @@
 //! A broken setting is reported once, naming the file, line and key (or the variable), and makes
 //! the shim fail closed: every connection that is not direct then fails instead of guessing.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -63,7 +62,8 @@ pub fn default_direct() -> Vec<IpNet> {
 }
 
 /// A setting that could not be used.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.describe())]
 pub struct ConfigError {
     /// The file path or the environment variable.
     pub origin: String,
@@ -73,11 +73,11 @@ pub struct ConfigError {
     pub message: String,
 }
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl ConfigError {
+    fn describe(&self) -> String {
         match self.line {
-            Some(line) => write!(f, "config {} line {} key `{}`: {}", self.origin, line, self.key, self.message),
-            None => write!(f, "config {}: {}", self.origin, self.message),
+            Some(line) => format!("config {} line {} key `{}`: {}", self.origin, line, self.key, self.message),
+            None => format!("config {}: {}", self.origin, self.message),
         }
     }
 }

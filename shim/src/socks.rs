@@ -2,7 +2,6 @@
 //! exactly one 8-byte reply, all within a deadline and immune to EINTR.
 
 use std::ffi::c_int;
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -11,17 +10,22 @@ use socks4_proto::{ProtocolError, REPLY_LEN, Reply, Request};
 use crate::sys::{self, Errno};
 
 /// Why an exchange failed; each maps to one errno (see README, "errno table").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ExchangeError {
     /// The SOCKS server could not be reached: the errno of that connect.
+    #[error("SOCKS server unreachable: {}", std::io::Error::from_raw_os_error(*.0))]
     Unreachable(Errno),
     /// No connection or no complete reply within the timeout.
+    #[error("timed out waiting for the SOCKS server")]
     Timeout,
     /// The server closed the connection before a whole reply.
+    #[error("the SOCKS server closed the connection before replying")]
     Closed,
     /// The server sent something that is not a SOCKS4 reply.
+    #[error("not a SOCKS4 reply: {0}")]
     Garbage(ProtocolError),
     /// Another socket error while talking to the server.
+    #[error("{}", std::io::Error::from_raw_os_error(*.0))]
     Io(Errno),
 }
 
@@ -32,20 +36,6 @@ impl ExchangeError {
             ExchangeError::Timeout => libc::ETIMEDOUT,
             ExchangeError::Closed => libc::ECONNRESET,
             ExchangeError::Garbage(_) => libc::EPROTO,
-        }
-    }
-}
-
-impl fmt::Display for ExchangeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ExchangeError::Unreachable(e) => {
-                write!(f, "SOCKS server unreachable: {}", std::io::Error::from_raw_os_error(*e))
-            }
-            ExchangeError::Timeout => f.write_str("timed out waiting for the SOCKS server"),
-            ExchangeError::Closed => f.write_str("the SOCKS server closed the connection before replying"),
-            ExchangeError::Garbage(e) => write!(f, "not a SOCKS4 reply: {e}"),
-            ExchangeError::Io(e) => write!(f, "{}", std::io::Error::from_raw_os_error(*e)),
         }
     }
 }
