@@ -479,3 +479,29 @@ out('ok', len(ok))
     let conns: Vec<_> = (0..80).map(|_| server.next_conn()).collect();
     assert!(conns.iter().all(|c| c.peer.ip() == EXTERNAL && c.received == b"x"));
 }
+
+/// A name with an IPv6 and an IPv4 address: curl tries IPv6 first, gets ENETUNREACH (never a
+/// direct IPv6 connection) and falls back to IPv4 through the proxy.
+#[test]
+fn curl_falls_back_from_ipv6_to_ipv4_through_the_proxy() {
+    let socks4d = socks4d();
+    // The same port on 127.0.0.1 and ::1, so a direct IPv6 connection would succeed.
+    let (v4, v6) = (0..20)
+        .find_map(|_| {
+            let v4 = TestServer::start("127.0.0.1:0".parse().unwrap(), HTTP_RESPONSE);
+            let v6 = std::net::TcpListener::bind(("::1", v4.addr.port())).ok()?;
+            drop(v6);
+            let v6 = TestServer::start(SocketAddr::new("::1".parse().unwrap(), v4.addr.port()), HTTP_RESPONSE);
+            Some((v4, v6))
+        })
+        .expect("a port free on both 127.0.0.1 and ::1");
+    let port = v4.addr.port();
+    let mut cmd = shim_command("curl", socks4d.addr);
+    cmd.args(["-sS", "--max-time", "10", "--http1.0", "--resolve"])
+        .arg(format!("dual.test:{port}:[::1],127.0.0.1"))
+        .arg(format!("http://dual.test:{port}/"));
+    let out = run_with_timeout(&mut cmd, b"", Duration::from_secs(20));
+    assert_eq!(out.stdout, "hello\n", "{out}");
+    assert_eq!(v4.next_conn().peer.ip(), EXTERNAL);
+    assert_eq!(v6.accepted(), 0, "no direct IPv6 connection");
+}
