@@ -252,8 +252,13 @@ pub async fn run_daemon(
         }
     }
     tracing::info!(sessions = server.active_sessions(), "shutting down: draining sessions");
-    let drained = server.shutdown().await;
-    tracing::info!(drained, "stopped");
+    // A second SIGTERM/SIGINT during the drain means "now": returning drops
+    // the runtime, which cuts every session.
+    tokio::select! {
+        drained = server.shutdown() => tracing::info!(drained, "stopped"),
+        _ = term.recv() => tracing::info!("second signal: stopped without draining"),
+        _ = int.recv() => tracing::info!("second signal: stopped without draining"),
+    }
     Ok(())
 }
 

@@ -407,3 +407,20 @@ fn busy_listen_address_fails_naming_it() {
     assert!(err.contains(&addr), "{err}");
     assert!(out.stdout.is_empty(), "no `listening` line for a failed start");
 }
+
+#[test]
+fn second_sigterm_skips_the_drain() {
+    let dir = TempDir::new("term2");
+    let path = dir.write("c.toml", &ALLOW.replace("drain_timeout = \"1s\"", "drain_timeout = \"30s\""));
+    let mut daemon = Daemon::start(&dir, &path);
+    let (mut live, code) = connect(daemon.addr, echo());
+    assert_eq!(code, 90);
+    daemon.signal("-TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(daemon.child.try_wait().unwrap().is_none(), "must drain, not exit, after one SIGTERM");
+    daemon.signal("-TERM");
+    let status = daemon.wait_exit(Duration::from_secs(5)).expect("exit at once on the second signal");
+    assert!(status.success(), "{status:?}");
+    let mut buf = [0u8; 1];
+    assert!(matches!(live.read(&mut buf), Ok(0) | Err(_)), "the live session must be cut");
+}

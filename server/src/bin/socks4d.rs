@@ -66,7 +66,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(socks4_server::run_daemon(config, args.config, args.listen)) {
+    let result = runtime.block_on(socks4_server::run_daemon(config, args.config, args.listen));
+    // A name lookup still running on a blocking thread must not hold up the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("socks4d: {e}");
