@@ -56,9 +56,11 @@ pub fn exchange(fd: c_int, proxy: &SocketAddr, request: &Request, timeout: Durat
         let mut reply = [0u8; REPLY_LEN];
         let mut received = 0;
         loop {
-            match read_reply(fd, &mut reply, &mut received, 0)? {
-                Some(r) => return Ok(r),
-                None => wait(fd, libc::POLLIN, deadline)?,
+            match read_reply(fd, &mut reply, &mut received, 0) {
+                Ok(Some(r)) => return Ok(r),
+                Ok(None) => wait(fd, libc::POLLIN, deadline)?,
+                Err(ExchangeError::Io(libc::EINTR)) => {}
+                Err(e) => return Err(e),
             }
         }
     })();
@@ -73,7 +75,9 @@ pub fn exchange(fd: c_int, proxy: &SocketAddr, request: &Request, timeout: Durat
 ///
 /// # Errors
 ///
-/// `Closed` at end of stream, `Garbage` as soon as the bytes cannot be a reply, `Io` otherwise.
+/// `Closed` at end of stream, `Garbage` as soon as the bytes cannot be a reply, `Io` otherwise,
+/// including `Io(EINTR)`: a blocking accept must stay interruptible (Ctrl-C in Python), and the
+/// progress in `received` makes the retry safe.
 pub fn read_reply(
     fd: c_int,
     buf: &mut [u8; REPLY_LEN],
@@ -87,7 +91,6 @@ pub fn read_reply(
                 *received += n;
                 Reply::decode(&buf[..*received]).map_err(ExchangeError::Garbage)?;
             }
-            Err(libc::EINTR) => {}
             Err(libc::EAGAIN) => return Ok(None),
             Err(e) => return Err(ExchangeError::Io(e)),
         }

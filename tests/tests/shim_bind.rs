@@ -88,6 +88,24 @@ try:
         # Python ftplib: create_server(("", 0)) binds 0.0.0.0:0 for real, then listens.
         s = socket.create_server(("", 0), backlog=1)
         local = s.getsockname()
+    elif mode == "interrupt":
+        # A blocking accept must stay interruptible by signals (Ctrl-C): the handler raises.
+        import signal
+        class Alarm(Exception):
+            pass
+        def on_alarm(*a):
+            raise Alarm()
+        s = socket.socket()
+        s.bind((c.getsockname()[0], 0))
+        local = s.getsockname()
+        s.listen(1)
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        try:
+            s.accept()
+            out("interrupted", "no")
+        except Alarm:
+            out("interrupted", "yes")
     elif mode == "nonblocking":
         s = socket.socket()
         s.bind((c.getsockname()[0], 0))
@@ -213,6 +231,16 @@ fn nonblocking_accept_and_poll_follow_the_second_reply() {
     assert_eq!(get(&map, "epoll_after", &out), "True");
     assert_eq!(get(&map, "select_after", &out), "True");
     assert_eq!(get(&map, "second_accept", &out), "EAGAIN");
+}
+
+/// A signal interrupts a blocking accept waiting for the second reply (EINTR reaches the program),
+/// and the next accept still works.
+#[test]
+fn blocking_accept_is_interruptible_and_resumes() {
+    let socks4d = socks4d();
+    let (out, seen) = bind_scenario(socks4d.addr, "interrupt");
+    assert_eq!(get(&kv(&out), "interrupted", &out), "yes");
+    assert_bind_worked(&out, &seen, EXTERNAL);
 }
 
 #[test]

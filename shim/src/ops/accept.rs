@@ -30,8 +30,9 @@ pub fn accept(fd: c_int, flags: c_int) -> Verdict<(c_int, SocketAddr)> {
     let result = socks::read_reply(fd, &mut bind.second_reply, &mut bind.received, recv_flags);
     let server = config::get().server;
     let verdict = match result {
-        // Not all 8 bytes yet; keep what came.
+        // Not all 8 bytes yet, or a signal: keep what came, the next accept goes on from there.
         Ok(None) => Verdict::Fail(libc::EAGAIN),
+        Err(ExchangeError::Io(libc::EINTR)) => Verdict::Fail(libc::EINTR),
         Ok(Some(reply)) if reply.code == ReplyCode::Granted => {
             match sys::dup_fd(fd, flags & libc::SOCK_CLOEXEC != 0) {
                 Ok(new) => {
