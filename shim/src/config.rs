@@ -30,6 +30,11 @@ pub struct Config {
     pub debug: bool,
     /// listen() on a socket bound to a fixed port: false (default) = a real local server.
     pub proxy_fixed_ports: bool,
+    /// Answer lookups of proxied names with placeholders and let the SOCKS server resolve them
+    /// (SOCKS4A). Default: on unless the server is on loopback.
+    pub remote_dns: bool,
+    /// Names resolved locally even with `remote_dns` (each entry: that name and the names under it).
+    pub direct_names: Vec<String>,
     /// The configuration could not be read: fail closed.
     pub broken: bool,
 }
@@ -45,6 +50,8 @@ impl Config {
             timeout: DEFAULT_TIMEOUT,
             debug: false,
             proxy_fixed_ports: false,
+            remote_dns: false,
+            direct_names: Vec::new(),
             broken: true,
         }
     }
@@ -91,6 +98,8 @@ pub struct Partial {
     pub timeout: Option<Duration>,
     pub debug: Option<bool>,
     pub proxy_fixed_ports: Option<bool>,
+    pub remote_dns: Option<bool>,
+    pub direct_names: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -101,6 +110,8 @@ struct File {
     direct: Option<Vec<Spanned<String>>>,
     timeout: Option<Spanned<f64>>,
     debug: Option<bool>,
+    remote_dns: Option<bool>,
+    direct_names: Option<Vec<Spanned<String>>>,
     bind: Option<FileBind>,
 }
 
@@ -124,7 +135,12 @@ pub fn parse_file(path: &str, text: &str) -> Result<Partial, ConfigError> {
     let file: File = toml::from_str(text)
         .map_err(|e| error_at(e.span().map_or(0, |s| s.start), None, e.message().trim().replace('\n', " ")))?;
 
-    let mut out = Partial { user: file.user.map(String::into_bytes), debug: file.debug, ..Partial::default() };
+    let mut out = Partial {
+        user: file.user.map(String::into_bytes),
+        debug: file.debug,
+        remote_dns: file.remote_dns,
+        ..Partial::default()
+    };
     if let Some(server) = file.server {
         let at = server.span().start;
         out.server = Some(parse_server(server.get_ref()).map_err(|m| error_at(at, Some("server"), m))?);
@@ -139,6 +155,14 @@ pub fn parse_file(path: &str, text: &str) -> Result<Partial, ConfigError> {
     }
     if let Some(t) = file.timeout {
         out.timeout = Some(parse_timeout(*t.get_ref()).map_err(|m| error_at(t.span().start, Some("timeout"), m))?);
+    }
+    if let Some(names) = file.direct_names {
+        let mut direct_names = Vec::new();
+        for name in names {
+            let at = name.span().start;
+            direct_names.push(parse_name(name.get_ref()).map_err(|m| error_at(at, Some("direct_names"), m))?);
+        }
+        out.direct_names = Some(direct_names);
     }
     out.proxy_fixed_ports = file.bind.and_then(|b| b.proxy_fixed_ports);
     Ok(out)
@@ -165,7 +189,8 @@ fn key_on_line(text: &str, line: usize) -> String {
     }
 }
 
-/// Reads SOCKS4_SERVER, SOCKS4_USER, SOCKS4_DIRECT, SOCKS4_TIMEOUT and SOCKS4_DEBUG.
+/// Reads SOCKS4_SERVER, SOCKS4_USER, SOCKS4_DIRECT, SOCKS4_TIMEOUT, SOCKS4_DEBUG, SOCKS4_REMOTE_DNS
+/// and SOCKS4_DIRECT_NAMES.
 ///
 /// # Errors
 ///
@@ -202,19 +227,36 @@ pub fn parse_env(get: impl Fn(&str) -> Option<String>) -> (Partial, Option<Confi
             _ => fail("SOCKS4_DEBUG", format!("`{v}` is not 0 or 1")),
         }
     }
+    if let Some(v) = get("SOCKS4_REMOTE_DNS") {
+        match v.trim() {
+            "0" | "false" | "no" | "off" => out.remote_dns = Some(false),
+            "1" | "true" | "yes" | "on" => out.remote_dns = Some(true),
+            _ => fail("SOCKS4_REMOTE_DNS", format!("`{v}` is not 0 or 1")),
+        }
+    }
+    if let Some(v) = get("SOCKS4_DIRECT_NAMES") {
+        match v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(parse_name).collect() {
+            Ok(names) => out.direct_names = Some(names),
+            Err(m) => fail("SOCKS4_DIRECT_NAMES", m),
+        }
+    }
     (out, first_error)
 }
 
 /// Environment over file over defaults. The user id defaults to `login()` (the effective user's
 /// login name), or empty.
 pub fn merge(file: Partial, env: Partial, login: impl FnOnce() -> Option<Vec<u8>>) -> Config {
+    let server = env.server.or(file.server).unwrap_or(DEFAULT_SERVER);
     Config {
-        server: env.server.or(file.server).unwrap_or(DEFAULT_SERVER),
+        server,
         user: env.user.or(file.user).or_else(login).unwrap_or_default(),
         direct: env.direct.or(file.direct).unwrap_or_else(default_direct),
         timeout: env.timeout.or(file.timeout).unwrap_or(DEFAULT_TIMEOUT),
         debug: env.debug.or(file.debug).unwrap_or(false),
         proxy_fixed_ports: env.proxy_fixed_ports.or(file.proxy_fixed_ports).unwrap_or(false),
+        // A server on loopback is on this side of any firewall, so local DNS is as good as its.
+        remote_dns: env.remote_dns.or(file.remote_dns).unwrap_or(!server.ip().is_loopback()),
+        direct_names: env.direct_names.or(file.direct_names).unwrap_or_default(),
         broken: false,
     }
 }
@@ -265,6 +307,16 @@ fn parse_net(s: &str) -> Result<IpNet, String> {
     s.parse::<IpNet>()
         .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
         .map_err(|_| format!("`{s}` is not a network (a.b.c.d/n, an address, or an IPv6 network)"))
+}
+
+/// A `direct_names` entry: a host name, optionally written `*.name` or `.name` (same meaning).
+fn parse_name(s: &str) -> Result<String, String> {
+    let name = s.trim().trim_start_matches("*.").trim_start_matches('.').trim_end_matches('.');
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || !name.chars().all(valid) {
+        return Err(format!("`{s}` is not a host name or domain (e.g. `corp.example` or `*.corp.example`)"));
+    }
+    Ok(name.to_ascii_lowercase())
 }
 
 fn parse_timeout(secs: f64) -> Result<Duration, String> {
@@ -343,6 +395,39 @@ mod tests {
         assert_eq!(p.timeout, Some(Duration::from_millis(2500)));
         assert_eq!(p.debug, Some(true));
         assert_eq!(p.proxy_fixed_ports, Some(true));
+    }
+
+    #[test]
+    fn remote_dns_defaults_on_unless_the_server_is_on_loopback() {
+        let remote_dns =
+            |pairs: &[(&str, &str)]| merge(Partial::default(), parse_env(env(pairs)).0, || None).remote_dns;
+        assert!(!remote_dns(&[]));
+        assert!(remote_dns(&[("SOCKS4_SERVER", "10.0.0.1:1080")]));
+        assert!(!remote_dns(&[("SOCKS4_SERVER", "10.0.0.1:1080"), ("SOCKS4_REMOTE_DNS", "0")]));
+        assert!(remote_dns(&[("SOCKS4_REMOTE_DNS", "1")]));
+    }
+
+    #[test]
+    fn direct_names_from_file_and_env() {
+        let p =
+            parse_file("f", "remote_dns = true\ndirect_names = [\"*.Corp.example\", \".lan\", \"host\"]\n").unwrap();
+        assert_eq!(p.remote_dns, Some(true));
+        assert_eq!(p.direct_names, Some(vec!["corp.example".into(), "lan".into(), "host".into()]));
+        let (env, err) = parse_env(env(&[("SOCKS4_DIRECT_NAMES", "a.example, b.example")]));
+        assert_eq!(err, None);
+        assert_eq!(env.direct_names, Some(vec!["a.example".into(), "b.example".into()]));
+    }
+
+    #[test]
+    fn bad_remote_dns_settings_are_named() {
+        let e = parse_file("/x.toml", "debug = true\ndirect_names = [\"ok.example\", \"10.0.0.0/8\"]\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(2), "direct_names"));
+        let e = parse_file("/x.toml", "remote_dns = \"maybe\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(1), "remote_dns"));
+        let (_, err) = parse_env(env(&[("SOCKS4_REMOTE_DNS", "maybe")]));
+        assert_eq!(err.unwrap().key, "SOCKS4_REMOTE_DNS");
+        let (_, err) = parse_env(env(&[("SOCKS4_DIRECT_NAMES", "a b")]));
+        assert_eq!(err.unwrap().key, "SOCKS4_DIRECT_NAMES");
     }
 
     #[test]
