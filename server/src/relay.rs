@@ -14,7 +14,7 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 /// filling a loopback or LAN pipe in few syscalls.
 const BUF_SIZE: usize = 16 * 1024;
 
-/// Bytes moved by a relay, counted even when it ends in an error.
+/// Bytes moved by a relay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Traffic {
     /// Client to destination.
@@ -25,14 +25,16 @@ pub struct Traffic {
 
 /// Relays until both directions have seen EOF, or until one fails (a reset,
 /// say): then both connections are dropped, since a half that can no longer
-/// be delivered is not worth waiting for.
-pub async fn relay(client: &mut TcpStream, dest: &mut TcpStream) -> (Traffic, io::Result<()>) {
-    let mut traffic = Traffic::default();
+/// be delivered is not worth waiting for. `traffic` is counted as bytes
+/// move, so it is right even if this future is dropped midway.
+///
+/// # Errors
+///
+/// The first read or write error of either direction.
+pub async fn relay(client: &mut TcpStream, dest: &mut TcpStream, traffic: &mut Traffic) -> io::Result<()> {
     let (client_r, client_w) = client.split();
     let (dest_r, dest_w) = dest.split();
-    let result = tokio::try_join!(pump(client_r, dest_w, &mut traffic.up), pump(dest_r, client_w, &mut traffic.down))
-        .map(|_| ());
-    (traffic, result)
+    tokio::try_join!(pump(client_r, dest_w, &mut traffic.up), pump(dest_r, client_w, &mut traffic.down)).map(|_| ())
 }
 
 /// Copies one direction until EOF, then half-closes the writer.

@@ -21,9 +21,12 @@ use crate::rules::{self, Action, Decision, IdentMode, Query};
 const LINGER: Duration = Duration::from_millis(500);
 const LINGER_BYTES: usize = 64 * 1024;
 
-/// What the session log line reports.
-#[derive(Debug, Default)]
+/// What the session log line reports. The line is written when the record
+/// is dropped, so a session cut short (server stopping) still gets its line.
+#[derive(Debug)]
 struct Record {
+    peer: SocketAddr,
+    start: Instant,
     user: String,
     command: Option<Command>,
     dest: Option<String>,
@@ -34,33 +37,54 @@ struct Record {
     traffic: Traffic,
     /// Why the session ended, when it was not a clean relay.
     reason: String,
+    finished: bool,
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        if !self.finished && self.reason.is_empty() {
+            self.reason = "cut: server stopping".into();
+        }
+        let rule = match (self.rule, &self.rule_name) {
+            (Some(i), Some(name)) => format!("{i}:{name}"),
+            (Some(i), None) => i.to_string(),
+            (None, _) => "-".to_string(),
+        };
+        tracing::info!(
+            peer = %self.peer,
+            user = ?self.user,
+            command = %self.command.map_or("-", Command::name),
+            dest = %self.dest.as_deref().unwrap_or("-"),
+            rule = %rule,
+            reply = self.reply.map_or(0, |c| c as u8),
+            bytes_up = self.traffic.up,
+            bytes_down = self.traffic.down,
+            duration_ms = self.start.elapsed().as_millis() as u64,
+            reason = %self.reason,
+            "session"
+        );
+    }
 }
 
 /// Serves one accepted client to the end. `local` is the address the
 /// client reached; `config` is the configuration at accept time (a reload
 /// does not change a live session).
 pub async fn serve(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, config: &Config) {
-    let start = Instant::now();
-    let mut rec = Record::default();
-    handle(&mut client, peer, local, config, &mut rec).await;
-    let rule = match (rec.rule, &rec.rule_name) {
-        (Some(i), Some(name)) => format!("{i}:{name}"),
-        (Some(i), None) => i.to_string(),
-        (None, _) => "-".to_string(),
+    let mut rec = Record {
+        peer,
+        start: Instant::now(),
+        user: String::new(),
+        command: None,
+        dest: None,
+        rule: None,
+        rule_name: None,
+        reply: None,
+        traffic: Traffic::default(),
+        reason: String::new(),
+        finished: false,
     };
-    tracing::info!(
-        peer = %peer,
-        user = ?rec.user,
-        command = %rec.command.map_or("-", Command::name),
-        dest = %rec.dest.as_deref().unwrap_or("-"),
-        rule = %rule,
-        reply = rec.reply.map_or(0, |c| c as u8),
-        bytes_up = rec.traffic.up,
-        bytes_down = rec.traffic.down,
-        duration_ms = start.elapsed().as_millis() as u64,
-        reason = %rec.reason,
-        "session"
-    );
+    handle(&mut client, peer, local, config, &mut rec).await;
+    rec.finished = true;
 }
 
 async fn handle(client: &mut TcpStream, peer: SocketAddr, local: SocketAddr, config: &Config, rec: &mut Record) {
@@ -350,10 +374,7 @@ async fn relay_with(client: &mut TcpStream, dest: &mut TcpStream, leftover: &[u8
         }
         rec.traffic.up += leftover.len() as u64;
     }
-    let (traffic, result) = relay::relay(client, dest).await;
-    rec.traffic.up += traffic.up;
-    rec.traffic.down += traffic.down;
-    if let Err(e) = result {
+    if let Err(e) = relay::relay(client, dest, &mut rec.traffic).await {
         rec.reason = format!("relay: {e}");
     }
 }
