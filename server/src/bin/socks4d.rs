@@ -17,7 +17,7 @@ use tracing_subscriber::EnvFilter;
 #[command(
     version,
     after_help = "Signals: SIGHUP reloads the config file (listeners stay); \
-SIGTERM/SIGINT stop accepting and drain live sessions for drain_timeout.\n\
+SIGTERM/SIGINT stop accepting and drain live sessions for drain_timeout (a second one: at once).\n\
 Logs go to stderr; RUST_LOG overrides the config's `log` level."
 )]
 struct Args {
