@@ -6,7 +6,7 @@
 mod shim_support;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc::channel;
 use std::time::Duration;
 
@@ -26,6 +26,11 @@ struct Seen {
 
 /// Runs `mode` of CLIENT under the shim against `proxy` while playing the application server.
 fn bind_scenario(proxy: SocketAddr, mode: &str) -> (RunOutput, Seen) {
+    bind_scenario_from(proxy, mode, std::net::Ipv4Addr::LOCALHOST)
+}
+
+/// `bind_scenario` with the data connection made from `data_source`.
+fn bind_scenario_from(proxy: SocketAddr, mode: &str, data_source: std::net::Ipv4Addr) -> (RunOutput, Seen) {
     let app = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = app.local_addr().unwrap().port();
     let (tx, rx) = channel();
@@ -39,7 +44,11 @@ fn bind_scenario(proxy: SocketAddr, mode: &str) -> (RunOutput, Seen) {
             BufReader::new(&control).read_line(&mut line)?;
             let told: SocketAddr = line.trim().parse().map_err(std::io::Error::other)?;
             seen.told = Some(told);
-            let mut data = TcpStream::connect_timeout(&told, Duration::from_secs(5))?;
+            let told_v4 = match canonical(told) {
+                SocketAddr::V4(a) => a,
+                SocketAddr::V6(_) => return Err(std::io::Error::other("not an IPv4 address")),
+            };
+            let mut data = connect_from(data_source, told_v4)?;
             seen.data_local = Some(data.local_addr()?);
             data.set_read_timeout(Some(Duration::from_secs(15)))?;
             data.write_all(b"from-server")?;
@@ -159,6 +168,10 @@ except OSError as e:
     out("second_accept", errno.errorcode.get(e.errno, e.errno))
 "#;
 
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
 /// The checks every successful BIND scenario must pass; `external` is the proxy's BIND address.
 fn assert_bind_worked(out: &RunOutput, seen: &Seen, external: std::net::IpAddr) {
     let map = kv(out);
@@ -167,8 +180,10 @@ fn assert_bind_worked(out: &RunOutput, seen: &Seen, external: std::net::IpAddr) 
     assert_eq!(seen.told, Some(listen), "the program told the server its getsockname");
     assert_eq!(seen.control_peer.map(|p| p.ip()), Some(external), "control connection via the proxy");
     let data_local = seen.data_local.expect("the application server connected");
-    assert_eq!(addr(&map, "accepted_peer", out), data_local, "accept's peer comes from the second reply:\n{out}");
-    assert_eq!(addr(&map, "conn_peer", out), data_local, "getpeername on the accepted socket");
+    // An AF_INET6 socket reports the same addresses IPv4-mapped.
+    let accepted_peer = addr(&map, "accepted_peer", out);
+    assert_eq!(canonical(accepted_peer), data_local, "accept's peer comes from the second reply:\n{out}");
+    assert_eq!(addr(&map, "conn_peer", out), accepted_peer, "getpeername on the accepted socket");
     assert_eq!(addr(&map, "conn_local", out), listen, "getsockname on the accepted socket");
     assert_eq!(get(&map, "received", out), "from-server");
     assert_eq!(seen.data_received, b"from-client", "bytes from the program reach the server:\n{out}");
@@ -241,6 +256,17 @@ fn blocking_accept_is_interruptible_and_resumes() {
     let (out, seen) = bind_scenario(socks4d.addr, "interrupt");
     assert_eq!(get(&kv(&out), "interrupted", &out), "yes");
     assert_bind_worked(&out, &seen, EXTERNAL);
+}
+
+/// The wrong host connects to the BIND address: socks4d's second reply is 91 and accept fails
+/// with ECONNABORTED and a stderr line.
+#[test]
+fn second_reply_91_is_econnaborted() {
+    let socks4d = socks4d();
+    let (out, seen) = bind_scenario_from(socks4d.addr, "fake", std::net::Ipv4Addr::new(127, 0, 0, 3));
+    assert!(seen.told.is_some(), "{out}");
+    assert_eq!(kv(&out).get("errno").map(String::as_str), Some("ECONNABORTED"), "{out}");
+    assert!(out.stderr.contains("second reply 91"), "{out}");
 }
 
 #[test]

@@ -188,3 +188,32 @@ impl FakeProxy {
 pub fn connect(addr: SocketAddr) -> TcpStream {
     TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect")
 }
+
+/// A TCP connection to `dst` from `src` (port 0): std cannot bind before connecting.
+pub fn connect_from(src: Ipv4Addr, dst: std::net::SocketAddrV4) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let sin = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket(2); the descriptor is owned by the TcpStream below or closed on error.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket we own; from_raw_fd takes ownership exactly once.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let (local, remote) = (sin(src, 0), sin(*dst.ip(), dst.port()));
+    // SAFETY: valid sockaddr_in values of `len` bytes on our stack.
+    if unsafe { libc::bind(fd, (&raw const local).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::connect(fd, (&raw const remote).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stream)
+}
