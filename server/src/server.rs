@@ -217,8 +217,9 @@ fn refuse_over_cap(mut stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>
 
 /// Runs the daemon: binds, prints `listening <ADDR>` on stdout for each
 /// listener, reloads `config_path` on SIGHUP (a bad file is logged and the
-/// old config kept; listeners do not change), and on SIGTERM/SIGINT drains
-/// and returns.
+/// old config kept; listeners do not change; `on_reload` gets the new
+/// config, for the binary to apply its `log` level), and on SIGTERM/SIGINT
+/// drains and returns.
 ///
 /// # Errors
 ///
@@ -227,6 +228,7 @@ pub async fn run_daemon(
     config: Config,
     config_path: Option<PathBuf>,
     listen_override: Vec<SocketAddr>,
+    on_reload: impl Fn(&Config),
 ) -> io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup())?;
@@ -246,7 +248,12 @@ pub async fn run_daemon(
     }
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&server, config_path.as_deref(), &listen_override),
+            _ = hup.recv() => {
+                if let Some(config) = reload(config_path.as_deref(), &listen_override, &server.config().listen) {
+                    on_reload(&config);
+                    server.reload(config);
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -262,22 +269,26 @@ pub async fn run_daemon(
     Ok(())
 }
 
-fn reload(server: &Server, path: Option<&std::path::Path>, listen_override: &[SocketAddr]) {
+/// Reads the config file again; `None` (logged) if there is none or it is bad.
+fn reload(path: Option<&std::path::Path>, listen_override: &[SocketAddr], listening: &[SocketAddr]) -> Option<Config> {
     let Some(path) = path else {
         tracing::info!("SIGHUP: no config file, nothing to reload");
-        return;
+        return None;
     };
     match Config::load(path) {
         Ok(mut config) => {
             if !listen_override.is_empty() {
                 config.listen = listen_override.to_vec();
             }
-            if config.listen != server.config().listen {
+            if config.listen != listening {
                 tracing::warn!("SIGHUP: listen changed in the file; listeners stay as they are until restart");
             }
             tracing::info!(file = %path.display(), rules = config.rules.rules.len(), "SIGHUP: config reloaded");
-            server.reload(config);
+            Some(config)
         }
-        Err(e) => tracing::error!(error = %e, "SIGHUP: bad config, keeping the old one"),
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: bad config, keeping the old one");
+            None
+        }
     }
 }

@@ -47,12 +47,21 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &TempDir, config: &PathBuf) -> Daemon {
+        Daemon::start_with_log(dir, config, Some("info"))
+    }
+
+    /// `rust_log: None` leaves the level to the config's `log` key.
+    fn start_with_log(dir: &TempDir, config: &PathBuf, rust_log: Option<&str>) -> Daemon {
         let log = dir.0.join("stderr.log");
-        let mut child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        match rust_log {
+            Some(level) => cmd.env("RUST_LOG", level),
+            None => cmd.env_remove("RUST_LOG"),
+        };
+        let mut child = cmd
             .arg("--config")
             .arg(config)
             .args(["--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -425,4 +434,24 @@ fn second_sigterm_skips_the_drain() {
     assert!(status.success(), "{status:?}");
     let mut buf = [0u8; 1];
     assert!(matches!(live.read(&mut buf), Ok(0) | Err(_)), "the live session must be cut");
+}
+
+#[test]
+fn sighup_applies_the_log_level() {
+    let dir = TempDir::new("loglevel");
+    let path = dir.write("c.toml", &format!("log = \"warn\"\n{ALLOW}"));
+    let daemon = Daemon::start_with_log(&dir, &path, None);
+    let dest = echo();
+    drop(connect(daemon.addr, dest));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!daemon.log().contains(" session"), "info lines at level warn:\n{}", daemon.log());
+
+    std::fs::write(&path, format!("log = \"info\"\n{ALLOW}")).unwrap();
+    daemon.signal("-HUP");
+    let start = Instant::now();
+    while !daemon.log().contains(" session") {
+        assert!(start.elapsed() < Duration::from_secs(5), "level not applied:\n{}", daemon.log());
+        drop(connect(daemon.addr, dest));
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

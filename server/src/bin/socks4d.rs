@@ -8,7 +8,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use socks4_server::Config;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, reload};
 
 /// A SOCKS4/4A server with access control by client, destination, port,
 /// user id and IDENT. Without --config: listens on 127.0.0.1:1080 and
@@ -54,10 +56,21 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log));
+    // RUST_LOG, when set, wins over the config's `log`, also across reloads.
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let pinned = from_env.is_some();
+    let (filter, filter_handle) = reload::Layer::new(from_env.unwrap_or_else(|| EnvFilter::new(&config.log)));
     // Colour only for a person at a terminal; log files stay plain text.
     let ansi = std::io::stderr().is_terminal();
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi))
+        .init();
+    let on_reload = move |config: &Config| {
+        if !pinned {
+            let _ = filter_handle.modify(|f| *f = EnvFilter::new(&config.log));
+        }
+    };
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -66,7 +79,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(socks4_server::run_daemon(config, args.config, args.listen));
+    let result = runtime.block_on(socks4_server::run_daemon(config, args.config, args.listen, on_reload));
     // A name lookup still running on a blocking thread must not hold up the exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     match result {
