@@ -207,9 +207,12 @@ fn getsockopt_int(fd: c_int, level: c_int, name: c_int) -> Result<c_int, Errno> 
     Ok(v)
 }
 
-/// SOCK_STREAM, SOCK_DGRAM, ... or None for a descriptor that is not a socket.
-pub fn socket_type(fd: c_int) -> Option<c_int> {
-    getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).ok()
+/// A TCP socket (MPTCP included: it speaks TCP to the proxy). SCTP's SOCK_STREAM, UDP, raw and
+/// non-sockets are not ours.
+pub fn is_tcp(fd: c_int) -> bool {
+    const IPPROTO_MPTCP: c_int = 262;
+    getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE) == Ok(libc::SOCK_STREAM)
+        && matches!(getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL), Ok(libc::IPPROTO_TCP | IPPROTO_MPTCP))
 }
 
 /// The pending error of a socket (the result of a non-blocking connect).

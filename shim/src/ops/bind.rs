@@ -22,7 +22,7 @@ pub fn bind(fd: c_int, addr: SocketAddr) -> Verdict<c_int> {
     if addr.port() != 0 {
         return Verdict::Pass;
     }
-    if sys::socket_type(fd) != Some(libc::SOCK_STREAM) {
+    if !sys::is_tcp(fd) {
         return Verdict::Pass;
     }
     let registry = registry::global();
@@ -59,7 +59,7 @@ pub fn listen(fd: c_int) -> Verdict<c_int> {
         Some(_) => return Verdict::Pass,
         None => {
             let Some(conn) = registry.latest_connection() else { return Verdict::Pass };
-            if sys::socket_type(fd) != Some(libc::SOCK_STREAM) {
+            if !sys::is_tcp(fd) {
                 return Verdict::Pass;
             }
             let Ok(addr) = sys::local_addr(fd) else { return Verdict::Pass };

@@ -26,7 +26,7 @@ pub fn connect(fd: c_int, dest: SocketAddr) -> Verdict<c_int> {
         return Verdict::Pass;
     }
     // UDP "connections" and other socket types are not ours.
-    if sys::socket_type(fd) != Some(libc::SOCK_STREAM) {
+    if !sys::is_tcp(fd) {
         return Verdict::Pass;
     }
     match route {
