@@ -54,7 +54,10 @@ pub fn listen(fd: c_int) -> Verdict<c_int> {
         Some(SocketState::FakeBound { addr, conn }) => (conn, addr.is_ipv6()),
         Some(SocketState::BoundAnyPort { addr }) => match registry.latest_connection() {
             Some(conn) if !stays_local(config, &addr) => (conn, addr.is_ipv6()),
-            _ => return Verdict::Pass,
+            _ => {
+                debug!("listen on {addr}: a local server (no proxied connection, or a direct network)");
+                return Verdict::Pass;
+            }
         },
         Some(_) => return Verdict::Pass,
         None => {
@@ -65,6 +68,7 @@ pub fn listen(fd: c_int) -> Verdict<c_int> {
             let Ok(addr) = sys::local_addr(fd) else { return Verdict::Pass };
             // Port 0 here means never bound (lftp listens on an unbound socket).
             if (addr.port() != 0 && !config.proxy_fixed_ports) || stays_local(config, &addr) {
+                debug!("listen on {addr}: a local server (fixed port or a direct network)");
                 return Verdict::Pass;
             }
             (conn, addr.is_ipv6())
