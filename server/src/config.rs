@@ -118,9 +118,16 @@ impl Config {
         if let Some(ext) = raw.external {
             config.external = match ext.get_ref().as_str() {
                 "auto" => External::Auto,
-                s => External::Addr(s.parse().map_err(|_| {
-                    cx.error(ext.span(), Some("external"), "expected \"auto\" or an IPv4 address".into())
-                })?),
+                s => {
+                    let ip: Ipv4Addr = s.parse().map_err(|_| {
+                        cx.error(ext.span(), Some("external"), "expected \"auto\" or an IPv4 address".into())
+                    })?;
+                    // Fail at load, not at every CONNECT: the address must be one of this host's.
+                    std::net::UdpSocket::bind((ip, 0)).map_err(|e| {
+                        cx.error(ext.span(), Some("external"), format!("{ip} is not usable on this host: {e}"))
+                    })?;
+                    External::Addr(ip)
+                }
             };
         }
         for (slot, value, key) in [
@@ -458,6 +465,11 @@ ident = "match"
         assert_eq!(invalid("[[rule]]\naction = \"allow\"\nusers = []\n").1, "users");
         assert_eq!(invalid("max_connections = 0\n").1, "max_connections");
         assert_eq!(invalid("external = \"::1\"\n").1, "external");
+        // TEST-NET-1 is nobody's local address.
+        assert_eq!(
+            invalid("\nexternal = \"192.0.2.1\"\n"),
+            (2, "external".into(), invalid("external = \"192.0.2.1\"").2)
+        );
         assert_eq!(invalid("\n[[rule]]\nfrom = []\n").1, "[[rule]]");
     }
 
