@@ -10,6 +10,7 @@
 #![cfg_attr(test, allow(dead_code))]
 
 pub mod config;
+mod dns_pool;
 mod guard;
 pub mod launcher;
 mod log;

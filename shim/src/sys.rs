@@ -126,6 +126,46 @@ real_functions! {
     dup2(old: c_int, new: c_int) -> c_int;
     dup3(old: c_int, new: c_int, flags: c_int) -> c_int;
     sendto(fd: c_int, buf: *const c_void, len: libc::size_t, flags: c_int, addr: *const sockaddr, alen: socklen_t) -> libc::ssize_t;
+    getaddrinfo(node: *const libc::c_char, service: *const libc::c_char, hints: *const libc::addrinfo, res: *mut *mut libc::addrinfo) -> c_int;
+    getnameinfo(addr: *const sockaddr, len: socklen_t, host: *mut libc::c_char, hostlen: socklen_t, serv: *mut libc::c_char, servlen: socklen_t, flags: c_int) -> c_int;
+    gethostbyname_r(name: *const libc::c_char, ret: *mut libc::hostent, buf: *mut libc::c_char, buflen: libc::size_t, result: *mut *mut libc::hostent, h_errnop: *mut c_int) -> c_int;
+    gethostbyname2_r(name: *const libc::c_char, af: c_int, ret: *mut libc::hostent, buf: *mut libc::c_char, buflen: libc::size_t, result: *mut *mut libc::hostent, h_errnop: *mut c_int) -> c_int;
+    gethostbyaddr_r(addr: *const c_void, len: socklen_t, af: c_int, ret: *mut libc::hostent, buf: *mut libc::c_char, buflen: libc::size_t, result: *mut *mut libc::hostent, h_errnop: *mut c_int) -> c_int;
+}
+
+/// The real functions that return a pointer (null when libc lacks them, which glibc never does).
+pub mod real_ptr {
+    use super::*;
+
+    macro_rules! pointer_functions {
+        ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {$(
+            /// Calls libc's own function of this name.
+            ///
+            /// # Safety
+            ///
+            /// The same contract as the libc function.
+            pub unsafe fn $name($($arg: $ty),*) -> $ret {
+                static SYM: Symbol = Symbol::new(match CStr::from_bytes_with_nul(concat!(stringify!($name), "\0").as_bytes()) {
+                    Ok(s) => s,
+                    Err(_) => panic!("symbol name"),
+                });
+                let p = SYM.get();
+                if p.is_null() {
+                    return std::ptr::null_mut();
+                }
+                // SAFETY: p is libc's definition of this very function, with this prototype.
+                let f: unsafe extern "C" fn($($ty),*) -> $ret = unsafe { std::mem::transmute(p) };
+                // SAFETY: forwarded under the caller's contract.
+                unsafe { f($($arg),*) }
+            }
+        )*};
+    }
+
+    pointer_functions! {
+        gethostbyname(name: *const libc::c_char) -> *mut libc::hostent;
+        gethostbyname2(name: *const libc::c_char, af: c_int) -> *mut libc::hostent;
+        gethostbyaddr(addr: *const c_void, len: socklen_t, af: c_int) -> *mut libc::hostent;
+    }
 }
 
 pub fn errno() -> Errno {
@@ -135,6 +175,17 @@ pub fn errno() -> Errno {
 pub fn set_errno(e: Errno) {
     // SAFETY: __errno_location returns this thread's errno slot, valid for the thread's life.
     unsafe { *libc::__errno_location() = e };
+}
+
+unsafe extern "C" {
+    /// glibc's per-thread h_errno slot (netdb.h), which the libc crate does not declare.
+    fn __h_errno_location() -> *mut c_int;
+}
+
+/// Sets h_errno, the error of the gethostby* functions.
+pub fn set_h_errno(e: c_int) {
+    // SAFETY: __h_errno_location returns this thread's h_errno slot, valid for the thread's life.
+    unsafe { *__h_errno_location() = e };
 }
 
 /// `Ok` value or the errno of a `-1` return.

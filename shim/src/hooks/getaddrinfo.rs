@@ -39,7 +39,8 @@ pub unsafe extern "C" fn getaddrinfo(
         None => addrinfo { ai_flags: libc::AI_V4MAPPED | libc::AI_ADDRCONFIG, ..unsafe { std::mem::zeroed() } },
     };
     let flags = ours.ai_flags;
-    if flags & libc::AI_NUMERICHOST != 0 || ![libc::AF_UNSPEC, libc::AF_INET, libc::AF_INET6].contains(&ours.ai_family) {
+    if flags & libc::AI_NUMERICHOST != 0 || ![libc::AF_UNSPEC, libc::AF_INET, libc::AF_INET6].contains(&ours.ai_family)
+    {
         return pass();
     }
     // SAFETY: node is non-null and NUL-terminated (contract).
@@ -66,7 +67,7 @@ pub unsafe extern "C" fn getaddrinfo(
             let first = *res;
             let canon = libc::strdup(node);
             if canon.is_null() {
-                real::freeaddrinfo(first);
+                libc::freeaddrinfo(first);
                 *res = std::ptr::null_mut();
                 return libc::EAI_MEMORY;
             }

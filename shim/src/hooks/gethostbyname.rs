@@ -12,10 +12,10 @@ use libc::{hostent, size_t};
 
 use super::decide;
 use crate::ops::{self, Verdict, dns};
-use crate::sys::{self, real};
+use crate::sys::{self, real, real_ptr};
 
 /// What the lookup says for `name` in family `af`: Pass = the real call.
-enum Answer {
+pub(super) enum Answer {
     Pass,
     Found(Ipv4Addr, String),
     /// An h_errno value.
@@ -64,7 +64,7 @@ thread_local! {
 }
 
 /// The non-reentrant answer: a pointer to this thread's hostent, or null with h_errno set.
-fn static_answer(found: Answer) -> Option<*mut hostent> {
+pub(super) fn static_answer(found: Answer) -> Option<*mut hostent> {
     match found {
         Answer::Pass => None,
         Answer::NotFound(h) => {
@@ -99,7 +99,7 @@ fn static_answer(found: Answer) -> Option<*mut hostent> {
 /// # Safety
 ///
 /// The gethostbyname_r contract for `ret`, `buf`/`buflen`, `result` and `h_errnop`.
-unsafe fn reentrant_answer(
+pub(super) unsafe fn reentrant_answer(
     found: Answer,
     ret: *mut hostent,
     buf: *mut c_char,
@@ -149,7 +149,7 @@ pub unsafe extern "C" fn gethostbyname(name: *const c_char) -> *mut hostent {
         }
     }
     // SAFETY: the program's own argument.
-    unsafe { real::gethostbyname(name) }
+    unsafe { real_ptr::gethostbyname(name) }
 }
 
 /// # Safety
@@ -164,7 +164,7 @@ pub unsafe extern "C" fn gethostbyname2(name: *const c_char, af: c_int) -> *mut 
         }
     }
     // SAFETY: the program's own arguments.
-    unsafe { real::gethostbyname2(name, af) }
+    unsafe { real_ptr::gethostbyname2(name, af) }
 }
 
 /// # Safety

@@ -5,7 +5,7 @@
 use std::ffi::c_int;
 use std::net::{SocketAddr, SocketAddrV4};
 
-use socks4_proto::{Destination, ReplyCode, Request};
+use socks4_proto::{ReplyCode, Request};
 
 use super::{Verdict, proxy_for};
 use crate::config::{self, Config};
@@ -97,7 +97,9 @@ pub fn request_bind(fd: c_int, config: &Config, conn: SocketAddrV4, v6: bool) ->
         error!("bind request for {conn}: SOCKS server {} is IPv6 but the socket is IPv4", config.server);
         return Err(libc::EAFNOSUPPORT);
     };
-    let request = Request::bind(Destination::Ip(*conn.ip()), conn.port(), config.user.clone());
+    // A connection made to a remote-DNS placeholder: SOCKS4A BIND with the name (socks4d's CONNECT
+    // reply does not say which address the name had, so the server resolves it again).
+    let request = Request::bind(super::dns::destination(config, *conn.ip())?, conn.port(), config.user.clone());
     match socks::exchange(fd, &proxy, &request, config.timeout) {
         Ok(reply) if reply.code == ReplyCode::Granted => {
             // The spec: 0.0.0.0 means "the SOCKS server's own address".

@@ -4,7 +4,7 @@
 use std::ffi::c_int;
 use std::net::{SocketAddr, SocketAddrV4};
 
-use socks4_proto::{Destination, ReplyCode, Request};
+use socks4_proto::{ReplyCode, Request};
 
 use super::{Verdict, proxy_for};
 use crate::config::{self, Config};
@@ -54,7 +54,12 @@ fn proxied(fd: c_int, config: &Config, dest: SocketAddr, target: SocketAddrV4) -
         error!("connect to {target}: SOCKS server {} is IPv6 but the socket is IPv4", config.server);
         return Verdict::Fail(libc::EAFNOSUPPORT);
     };
-    let request = Request::connect(Destination::Ip(*target.ip()), target.port(), config.user.clone());
+    // A remote-DNS placeholder becomes the name it stands for (SOCKS4A).
+    let destination = match super::dns::destination(config, *target.ip()) {
+        Ok(d) => d,
+        Err(e) => return Verdict::Fail(e),
+    };
+    let request = Request::connect(destination, target.port(), config.user.clone());
     match socks::exchange(fd, &proxy, &request, config.timeout) {
         Ok(reply) if reply.code == ReplyCode::Granted => {
             let local = (!reply.ip.is_unspecified()).then(|| in_family(reply.addr(), v6));

@@ -152,7 +152,8 @@ pub fn hostent_in(buf: &mut [u8], name: &str, family: c_int, addr: &[u8]) -> Opt
     // Pointers are computed with wrapping_add on the buffer's own pointer (all in bounds, checked
     // above) and stored as the bytes of their address, which is what C reads back.
     let at = |off: usize| base.wrapping_add(off);
-    let mut put_ptr = |off: usize, p: *mut u8| buf[off..off + PTR].copy_from_slice(&p.expose_provenance().to_ne_bytes());
+    let mut put_ptr =
+        |off: usize, p: *mut u8| buf[off..off + PTR].copy_from_slice(&p.expose_provenance().to_ne_bytes());
     put_ptr(aliases, std::ptr::null_mut());
     put_ptr(list, at(addr_at));
     put_ptr(list + PTR, std::ptr::null_mut());

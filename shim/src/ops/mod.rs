@@ -6,6 +6,7 @@
 pub mod accept;
 pub mod bind;
 pub mod connect;
+pub mod dns;
 pub mod fds;
 pub mod names;
 
