@@ -134,3 +134,58 @@ fn socksify_inetutils_ftp_active_through_danted_firewall() {
     };
     case.run(|p| topo.client.wrap(&socksify_command(p, danted.addr, &dir)), || danted.log());
 }
+
+/// A proxy that allows CONNECT but not BIND must stop active FTP, and nothing may leak around
+/// it: the server sees the control connection from the proxy, yet no PORT/EPRT and no data
+/// connection at all (a shim falling back to a local listener would send PORT 10.77.1.2).
+#[test]
+fn refused_bind_stops_active_ftp_without_a_bypass() {
+    let topo = Topology::firewall();
+    let socks4d = Socks4d::start_with(
+        r#"
+[[rule]]
+name = "connect only"
+action = "allow"
+from = ["10.77.1.0/24"]
+commands = ["connect"]
+"#,
+        &Socks4dOptions {
+            listen: Some(SocketAddr::new(topo.proxy_inside_ip, SOCKS_PORT).to_string()),
+            netns: Some(topo.proxy.name().to_string()),
+            rust_log: None,
+        },
+    );
+    let dir = TempDir::new("fw-nobind");
+    let root = dir.join("root");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("file.bin"), b"must not arrive").unwrap();
+    let ftpd = PyFtpd::start_in(Some(topo.server.name()), &root, topo.server_ip);
+
+    let local = dir.join("got.bin");
+    let mut job = FtpJob::anonymous(ftpd.addr);
+    job.list = Some(".".into());
+    job.get.push(("file.bin".into(), local.clone()));
+    let out = run_ftp(
+        FtpClient::Inetutils,
+        &job,
+        |p| topo.client.wrap(&shim_command(p, socks4d.addr)),
+        Duration::from_secs(20),
+    );
+    let diag = format!("{out}\n--- ftpd log ---\n{}\n--- socks4d log ---\n{}", ftpd.log(), socks4d.log());
+    assert!(!out.timed_out(), "the client hung: {diag}");
+    // The control connection did go through (CONNECT is allowed)...
+    let controls = ftpd.control_peers();
+    assert!(
+        !controls.is_empty() && controls.iter().all(|p| p.ip() == topo.proxy_outside_ip),
+        "control peers {controls:?}: {diag}"
+    );
+    // ...but no data channel was ever offered or opened, and nothing arrived.
+    assert!(ftpd.port_commands().is_empty(), "a PORT/EPRT reached the server: {diag}");
+    assert!(ftpd.data_connections().is_empty(), "a data connection was opened: {diag}");
+    assert!(std::fs::read(&local).unwrap_or_default().is_empty(), "file.bin arrived: {diag}");
+    // socks4d refused the BIND request with 91.
+    assert!(
+        socks4d.log().lines().any(|l| l.contains("command=bind") && l.contains("reply=91")),
+        "no refused BIND in socks4d's log: {diag}"
+    );
+}
