@@ -52,6 +52,8 @@ macro_rules! real_functions {
                 /// # Safety
                 ///
                 /// The same contract as the libc function.
+                // C's prototypes, not ours to shorten (gethostbyaddr_r has 8 parameters).
+                #[allow(clippy::too_many_arguments)]
                 pub unsafe fn $name($($arg: $ty),*) -> $ret {
                     static SYM: Symbol = Symbol::new(match CStr::from_bytes_with_nul(
                         concat!(stringify!($name), "\0").as_bytes()) {
