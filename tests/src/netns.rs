@@ -2,10 +2,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Command;
+use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+static SWEEP: Once = Once::new();
 
 /// A network namespace named `s4t-<tag>-<pid>-<n>`, with `lo` up; `Drop` deletes it.
 pub struct Netns {
@@ -18,6 +20,7 @@ impl Netns {
     /// # Panics
     /// When `ip netns add` fails.
     pub fn new(tag: &str) -> Netns {
+        SWEEP.call_once(sweep_stale);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("s4t-{tag}-{}-{n}", std::process::id());
         ip(&["netns", "add", &name]);
@@ -107,6 +110,20 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// Deletes namespaces left by test processes that died without running their destructors
+/// (SIGKILL, abort): `s4t-<tag>-<pid>-<n>` whose pid no longer exists.
+fn sweep_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let mut parts = name.split('-');
+        let (Some("s4t"), Some(_tag), Some(pid)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
     }
 }
 
