@@ -105,6 +105,12 @@ fn table() -> Option<&'static Table> {
     }
 }
 
+/// Creates the shared table now. Called from the library constructor when remote DNS is on: a
+/// table first created in a forked child (lftp resolves in one) would be that child's alone.
+pub fn create() -> bool {
+    table().is_some()
+}
+
 /// Holds the cross-process spin lock. A holder that died (killed between
 /// lock and unlock, a few instructions) would wedge the pool, so waiting is
 /// bounded and then the lock is taken over.

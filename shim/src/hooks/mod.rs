@@ -71,6 +71,8 @@ fn fail(errno: sys::Errno) -> c_int {
 fn init() {
     note(|| {
         crate::registry::install_fork_handlers();
-        crate::config::get();
+        if crate::config::get().remote_dns {
+            crate::dns_pool::create();
+        }
     });
 }
