@@ -12,8 +12,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use socks4_tests::{
-    ChildGuard, Netns, PyFtpd, RunOutput, Socks4d, Socks4dOptions, TempDir, Topology, checksum, run_with_timeout,
-    shim_command, test_content,
+    ChildGuard, FtpClient, Netns, PyFtpd, RunOutput, Socks4d, Socks4dOptions, TempDir, Topology, checksum,
+    run_with_timeout, shim_command, test_content,
 };
 
 const NAME: &str = "files.internal";
@@ -200,15 +200,30 @@ impl Firewall {
     }
 }
 
-fn ftp_script(port: u16, dir: &TempDir) -> String {
-    format!(
-        "open {NAME} {port}\nuser anonymous socks4@test\nbinary\nls .\nget big.bin {}\nbye\n",
-        dir.join("got.bin").display()
-    )
+/// The client's command line and script for an active-mode session with `files.internal`.
+fn ftp_session(client: FtpClient, port: u16, got: &std::path::Path) -> (Vec<String>, String) {
+    let got = got.display();
+    match client {
+        FtpClient::Lftp => {
+            let script = format!(
+                "set ftp:passive-mode off; set net:max-retries 1; set net:timeout 10; set xfer:clobber on; \
+                 set cmd:fail-exit yes; open -u anonymous,socks4@test ftp://{NAME}:{port}; cls -l .; \
+                 get big.bin -o {got}; bye"
+            );
+            (vec!["-c".into(), script], String::new())
+        }
+        _ => {
+            let args = if client == FtpClient::Tnftp { vec!["-A", "-n", "-v"] } else { vec!["-n", "-v", "-i"] };
+            let script =
+                format!("open {NAME} {port}\nuser anonymous socks4@test\nbinary\nls .\nget big.bin {got}\nbye\n");
+            (args.into_iter().map(String::from).collect(), script)
+        }
+    }
 }
 
-#[test]
-fn inetutils_ftp_by_name_active_mode_through_the_firewall_without_local_dns() {
+/// `client` fetches a file from `files.internal` in active mode across the firewall with remote
+/// DNS on by default; then, with it off, fails to resolve while the local resolver is asked.
+fn ftp_by_name(client: FtpClient, unresolved: &[&str]) {
     let fw = Firewall::new();
     let dir = TempDir::new("rdns-ftp");
     let root = dir.join("root");
@@ -217,15 +232,15 @@ fn inetutils_ftp_by_name_active_mode_through_the_firewall_without_local_dns() {
     std::fs::write(root.join("big.bin"), &content).unwrap();
     std::fs::write(root.join("small.txt"), b"by name\n").unwrap();
     let ftpd = PyFtpd::start_in(Some(fw.topo.server.name()), &root, fw.topo.server_ip);
-    let script = ftp_script(ftpd.addr.port(), &dir);
+    let (args, script) = ftp_session(client, ftpd.addr.port(), &dir.join("got.bin"));
 
     // Remote DNS on by default: the SOCKS server is not on loopback.
-    let mut cmd = fw.client("/usr/bin/inetutils-ftp", None);
-    cmd.args(["-n", "-v", "-i"]);
+    let mut cmd = fw.client(client.program(), None);
+    cmd.args(&args);
     let out = run_with_timeout(&mut cmd, script.as_bytes(), Duration::from_secs(25));
     let diag = |out: &RunOutput| {
         format!(
-            "{out}\n--- ftpd ---\n{}\n--- socks4d ---\n{}\n--- dns ---\n{}",
+            "{client:?}: {out}\n--- ftpd ---\n{}\n--- socks4d ---\n{}\n--- dns ---\n{}",
             ftpd.log(),
             fw.socks4d.log(),
             fw.dns.queries()
@@ -254,17 +269,30 @@ fn inetutils_ftp_by_name_active_mode_through_the_firewall_without_local_dns() {
     assert_eq!(fw.dns.queries(), "", "a lookup left the client with remote DNS on: {}", diag(&out));
 
     // Control: remote DNS off, the local resolver is asked (the listener hears it) and says no.
-    let mut cmd = fw.client("/usr/bin/inetutils-ftp", Some(false));
-    cmd.args(["-n", "-v", "-i"]);
+    let mut cmd = fw.client(client.program(), Some(false));
+    cmd.args(&args);
     let off = run_with_timeout(&mut cmd, script.as_bytes(), Duration::from_secs(25));
     let text = format!("{}{}", off.stdout, off.stderr);
-    assert!(
-        text.contains(&format!("{NAME}: Name or service not known")) || text.contains("nknown host"),
-        "{}",
-        diag(&off)
-    );
+    assert!(unresolved.iter().any(|m| text.contains(m)), "want one of {unresolved:?}: {}", diag(&off));
     assert!(!off.stdout.contains("small.txt"), "{}", diag(&off));
     assert!(fw.dns.queries().contains(&format!("udp {NAME}")), "the listener heard no query: {}", diag(&off));
+}
+
+#[test]
+fn inetutils_ftp_by_name_active_mode_through_the_firewall_without_local_dns() {
+    ftp_by_name(FtpClient::Inetutils, &["files.internal: Name or service not known", "nknown host"]);
+}
+
+#[test]
+fn tnftp_by_name_active_mode_through_the_firewall_without_local_dns() {
+    ftp_by_name(FtpClient::Tnftp, &["Can't lookup `files.internal'", "Name or service not known"]);
+}
+
+/// lftp resolves in a forked child process: the placeholder that child got must be known to the
+/// parent that connects (the placeholder table is shared across fork).
+#[test]
+fn lftp_by_name_active_mode_through_the_firewall_without_local_dns() {
+    ftp_by_name(FtpClient::Lftp, &["Name or service not known", "not found", "No address"]);
 }
 
 #[test]
