@@ -364,10 +364,17 @@ impl LoopbackNs {
         LoopbackNs { ns, socks4d, _files: files }
     }
 
-    /// Runs a Python program under the shim with remote DNS forced on (the server is on loopback).
+    /// Runs a Python program under the shim with remote DNS set (the server is on loopback, so it
+    /// is off by default).
     fn python(&self, program: &str, remote_dns: bool) -> RunOutput {
+        self.python_with(program, remote_dns, &[])
+    }
+
+    fn python_with(&self, program: &str, remote_dns: bool, env: &[(&str, &str)]) -> RunOutput {
         let mut cmd = shim_command("/usr/bin/python3", self.socks4d.addr);
-        cmd.env("SOCKS4_REMOTE_DNS", if remote_dns { "1" } else { "0" }).args(["-c", program]);
+        cmd.env("SOCKS4_REMOTE_DNS", if remote_dns { "1" } else { "0" })
+            .envs(env.iter().copied())
+            .args(["-c", program]);
         run_with_timeout(&mut self.ns.wrap(&cmd), b"", Duration::from_secs(20))
     }
 }
@@ -481,4 +488,25 @@ except OSError as e:
     );
     assert!(start.elapsed() < Duration::from_secs(10), "{out}");
     assert!(!lo.socks4d.log().contains("240.0.0.1"), "the placeholder reached socks4d: {}", lo.socks4d.log());
+}
+
+/// Names in direct_names (and everything with remote DNS off) go to the local resolver, which here
+/// knows files.internal as 127.0.0.1; other names still get placeholders.
+#[test]
+fn direct_names_and_remote_dns_off_resolve_locally() {
+    let lo = LoopbackNs::new();
+    let program = format!(
+        r#"
+import socket
+print("{NAME}", socket.gethostbyname("{NAME}"))
+print("other.example", socket.gethostbyname("other.example"))
+"#
+    );
+    let out = lo.python_with(&program, true, &[("SOCKS4_DIRECT_NAMES", "*.internal")]);
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains(&format!("{NAME} 127.0.0.1\n")), "{out}");
+    assert!(out.stdout.lines().any(|l| l.starts_with("other.example 240.0.")), "{out}");
+
+    let out = lo.python(&format!("import socket; print(socket.gethostbyname('{NAME}'))"), false);
+    assert!(out.success() && out.stdout == "127.0.0.1\n", "{out}");
 }
