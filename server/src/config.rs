@@ -181,6 +181,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     if d.is_zero() {
         return Err(format!("{s:?}: a zero time limit would refuse everything"));
     }
+    // Deadlines are `now + limit`: keep them far from overflowing.
+    if d > Duration::from_secs(366 * 24 * 3600) {
+        return Err(format!("{s:?} is longer than a year"));
+    }
     Ok(d)
 }
 
@@ -481,6 +485,8 @@ ident = "match"
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("1d").is_err());
+        assert!(parse_duration("18446744073709551615h").is_err());
+        assert!(parse_duration("99999999999999999999999s").is_err());
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
         assert_eq!(format_duration(Duration::from_secs(120)), "2m");
     }
