@@ -18,12 +18,14 @@ use socks4_tests::{
 
 const NAME: &str = "files.internal";
 
-/// socks4d in the proxy namespace: clients from the client net; names are allowed like addresses.
+/// socks4d in the proxy namespace: clients from the client net, to internal names only (so every
+/// request that works names its destination; by address it is refused).
 const FIREWALL_CONFIG: &str = r#"
 [[rule]]
-name = "inside clients"
+name = "inside clients to internal names"
 action = "allow"
 from = ["10.77.1.0/24"]
+to = ["*.internal"]
 "#;
 
 const LOOPBACK_CONFIG: &str = r#"
@@ -336,6 +338,13 @@ fn curl_by_name_through_the_firewall_without_local_dns() {
         diag(&out)
     );
     assert_eq!(fw.dns.queries(), "", "a lookup left the client with remote DNS on: {}", diag(&out));
+
+    // The same server by address: socks4d's `*.internal` rule does not match, so it was the name
+    // that socks4d matched above.
+    let mut cmd = fw.client("/usr/bin/curl", None);
+    cmd.args(["-sS", "--max-time", "15", &format!("http://{http}/hello.txt")]);
+    let by_ip = run_with_timeout(&mut cmd, b"", Duration::from_secs(20));
+    assert_eq!(by_ip.status.and_then(|s| s.code()), Some(7), "by address must be refused: {}", diag(&by_ip));
 
     let mut cmd = fw.client("/usr/bin/curl", Some(false));
     cmd.args(["-sS", "--max-time", "15", &url]);
