@@ -97,6 +97,11 @@ impl Daemon {
         self.child.id()
     }
 
+    /// The config file socks4d was started with (rewrite it, then SIGHUP).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("socks4d.toml")
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
     }
