@@ -14,6 +14,7 @@ mod shim;
 mod socks4d;
 mod socksify;
 mod tempdir;
+mod vsftpd;
 
 pub use binaries::{Binaries, binaries, socks4d_binary};
 pub use danted::{Danted, DantedOptions};
@@ -26,6 +27,7 @@ pub use shim::{shim_command, shim_env, socks4_run_command};
 pub use socks4d::{Socks4d, Socks4dOptions};
 pub use socksify::socksify_command;
 pub use tempdir::TempDir;
+pub use vsftpd::Vsftpd;
 
 /// Content for a test file: `len` bytes that differ at every offset modulo a large prime, so a
 /// dropped, duplicated or reordered block changes the bytes (and `checksum`).
