@@ -11,6 +11,8 @@ pub mod relay;
 pub mod rules;
 pub mod server;
 pub mod session;
+#[cfg(target_os = "linux")]
+mod splice;
 
 pub use config::{Config, ConfigError, External};
 pub use rules::{Decision, Query, Rules, evaluate};

@@ -2,7 +2,10 @@
 //! half-close: one side's EOF becomes `shutdown(SHUT_WR)` on the other, and
 //! the relay ends when both directions are done (or either fails).
 //!
-//! Kept in one place so a zero-copy (`splice(2)`) variant can replace it.
+//! On Linux each direction splices through a pipe of its own (see
+//! `splice.rs`), created when the first byte arrives; elsewhere, or when no
+//! pipe can be had (EMFILE), it copies through a user-space buffer. An idle
+//! relay holds neither a pipe nor a buffer.
 
 use std::io;
 
@@ -10,9 +13,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
-/// Per-direction buffer. 16 KiB keeps two per session at 32 KiB while
-/// filling a loopback or LAN pipe in few syscalls.
-const BUF_SIZE: usize = 16 * 1024;
+/// First buffer of the copy fallback: small, so an interactive relay stays
+/// cheap.
+const BUF_START: usize = 16 * 1024;
+/// The copy buffer doubles each time a read fills it, up to this: a bulk
+/// stream then moves in few large syscalls.
+const BUF_MAX: usize = 128 * 1024;
 
 /// Bytes moved by a relay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -26,7 +32,7 @@ pub struct Traffic {
 /// Relays until both directions have seen EOF, or until one fails (a reset,
 /// say): then both connections are dropped, since a half that can no longer
 /// be delivered is not worth waiting for. `traffic` is counted as bytes
-/// move, so it is right even if this future is dropped midway.
+/// are delivered, so it is right even if this future is dropped midway.
 ///
 /// # Errors
 ///
@@ -37,20 +43,151 @@ pub async fn relay(client: &mut TcpStream, dest: &mut TcpStream, traffic: &mut T
     tokio::try_join!(pump(client_r, dest_w, &mut traffic.up), pump(dest_r, client_w, &mut traffic.down)).map(|_| ())
 }
 
-/// Copies one direction until EOF, then half-closes the writer.
+/// Moves one direction until EOF, then half-closes the writer.
 async fn pump(mut from: ReadHalf<'_>, mut to: WriteHalf<'_>, count: &mut u64) -> io::Result<()> {
-    // Allocate only once there is something to read: thousands of idle
-    // relays (held-open connections) then cost no buffer memory.
-    from.readable().await?;
-    let mut buf = vec![0u8; BUF_SIZE];
+    // Wait for the first byte (or EOF) holding nothing: thousands of idle
+    // relays then cost no pipe and no buffer, and a relay that only ever
+    // closes never makes a pipe.
+    if from.peek(&mut [0u8; 1]).await? > 0 {
+        move_data(&mut from, &mut to, count).await?;
+    }
+    // The peer may already be gone; its reset is not our error.
+    let _ = to.shutdown().await;
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+async fn move_data(from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>, count: &mut u64) -> io::Result<()> {
+    use crate::splice::{Pipe, Spliced, pump};
+    match Pipe::new() {
+        Ok(pipe) => match pump(&pipe, from.as_ref(), to.as_ref(), count).await? {
+            Spliced::Eof => Ok(()),
+            Spliced::Unsupported => {
+                drop(pipe);
+                copy(from, to, count).await
+            }
+        },
+        Err(e) => {
+            tracing::debug!(error = %e, "no pipe for splice: copying instead");
+            copy(from, to, count).await
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn move_data(from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>, count: &mut u64) -> io::Result<()> {
+    copy(from, to, count).await
+}
+
+/// The portable way: read into a buffer, write it out, until EOF.
+async fn copy(from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>, count: &mut u64) -> io::Result<()> {
+    let mut buf = vec![0u8; BUF_START];
     loop {
         let n = from.read(&mut buf).await?;
         if n == 0 {
-            // The peer may already be gone; its reset is not our error.
-            let _ = to.shutdown().await;
             return Ok(());
         }
         to.write_all(&buf[..n]).await?;
         *count += n as u64;
+        if n == buf.len() && buf.len() < BUF_MAX {
+            buf.resize(buf.len() * 2, 0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A connected pair of loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (b, _) = listener.accept().await.unwrap();
+        (a, b)
+    }
+
+    /// Sends `up` from the client end and `down` from the destination end
+    /// through a relay; returns what each far end received and the counts.
+    async fn through_relay(up: Vec<u8>, down: Vec<u8>) -> (Vec<u8>, Vec<u8>, Traffic) {
+        let (mut client_far, mut client) = pair().await;
+        let (mut dest, mut dest_far) = pair().await;
+        let relay = tokio::spawn(async move {
+            let mut traffic = Traffic::default();
+            relay(&mut client, &mut dest, &mut traffic).await.unwrap();
+            traffic
+        });
+        let (cr, mut cw) = client_far.split();
+        let (dr, mut dw) = dest_far.split();
+        let send_up = async {
+            cw.write_all(&up).await.unwrap();
+            cw.shutdown().await.unwrap();
+        };
+        let send_down = async {
+            dw.write_all(&down).await.unwrap();
+            dw.shutdown().await.unwrap();
+        };
+        async fn read_all(mut r: ReadHalf<'_>) -> Vec<u8> {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await.unwrap();
+            got
+        }
+        let ((), (), at_dest, at_client) = tokio::join!(send_up, send_down, read_all(dr), read_all(cr));
+        (at_dest, at_client, relay.await.unwrap())
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+    }
+
+    #[tokio::test]
+    async fn relays_both_ways_exactly_with_counts() {
+        // Larger than any pipe or buffer, and not a multiple of a page.
+        let up = pattern(5 * 1024 * 1024 + 17, 0x11);
+        let down = pattern(3 * 1024 * 1024 + 5, 0x22);
+        let (at_dest, at_client, traffic) = through_relay(up.clone(), down.clone()).await;
+        assert_eq!(at_dest, up);
+        assert_eq!(at_client, down);
+        assert_eq!(traffic, Traffic { up: up.len() as u64, down: down.len() as u64 });
+    }
+
+    #[tokio::test]
+    async fn one_way_and_empty_directions() {
+        let up = pattern(100_000, 0x33);
+        let (at_dest, at_client, traffic) = through_relay(up.clone(), Vec::new()).await;
+        assert_eq!(at_dest, up);
+        assert!(at_client.is_empty());
+        assert_eq!(traffic, Traffic { up: 100_000, down: 0 });
+        let (at_dest, at_client, traffic) = through_relay(Vec::new(), Vec::new()).await;
+        assert!(at_dest.is_empty() && at_client.is_empty());
+        assert_eq!(traffic, Traffic::default());
+    }
+
+    #[tokio::test]
+    async fn copy_fallback_relays_exactly() {
+        let (mut src_far, mut src) = pair().await;
+        let (mut dst, mut dst_far) = pair().await;
+        let data = pattern(1024 * 1024 + 3, 0x44);
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            src_far.write_all(&sent).await.unwrap();
+            src_far.shutdown().await.unwrap();
+        });
+        let mut count = 0;
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            dst_far.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        {
+            let (mut r, _) = src.split();
+            let (_, mut w) = dst.split();
+            copy(&mut r, &mut w, &mut count).await.unwrap();
+            w.shutdown().await.unwrap();
+        }
+        writer.await.unwrap();
+        assert_eq!(reader.await.unwrap(), data);
+        assert_eq!(count, data.len() as u64);
     }
 }
