@@ -331,6 +331,11 @@ fn socks4_run_flags_set_the_environment() {
     assert!(kv(&out).contains_key("local"), "{out}");
     assert!(out.stderr.contains("granted"), "--debug prints decisions:\n{out}");
     assert_eq!(server.next_conn().peer.ip(), EXTERNAL);
+    // socks4d logs a session when it ends, a moment after the program exits.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socks4d.log().contains("carol") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(socks4d.log().contains("carol"), "socks4d should log the user id carol:\n{}", socks4d.log());
 }
 
