@@ -37,7 +37,7 @@ impl Throughput {
 /// The first stream that could not be opened, or a sink that failed.
 pub fn run(proxy: Proxy, streams: usize, duration: Duration) -> Result<Throughput, ConnectError> {
     let (listener, sink_addr) = crate::loopback_listener()?;
-    let sink = thread::spawn(move || -> io::Result<Vec<thread::JoinHandle<io::Result<(u64, Instant)>>>> {
+    let sink = thread::spawn(move || -> io::Result<Vec<thread::JoinHandle<Drained>>> {
         let mut readers = Vec::with_capacity(streams);
         for _ in 0..streams {
             let (conn, _) = listener.accept()?;
@@ -90,7 +90,10 @@ fn push(mut conn: TcpStream, duration: Duration) -> io::Result<()> {
     conn.shutdown(Shutdown::Write)
 }
 
-fn drain(mut conn: TcpStream) -> io::Result<(u64, Instant)> {
+/// Bytes a sink connection received, and when it saw the end of the stream.
+type Drained = io::Result<(u64, Instant)>;
+
+fn drain(mut conn: TcpStream) -> Drained {
     let mut buf = vec![0u8; READ_CHUNK];
     let mut total = 0u64;
     loop {
