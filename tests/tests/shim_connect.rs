@@ -330,6 +330,7 @@ fn socks4_run_flags_set_the_environment() {
     let out = run_with_timeout(&mut cmd, b"", Duration::from_secs(20));
     assert!(kv(&out).contains_key("local"), "{out}");
     assert!(out.stderr.contains("granted"), "--debug prints decisions:\n{out}");
+    assert!(!out.stdout.contains("socks4["), "the shim never writes to stdout:\n{out}");
     assert_eq!(server.next_conn().peer.ip(), EXTERNAL);
     // socks4d logs a session when it ends, a moment after the program exits.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -509,4 +510,45 @@ fn curl_falls_back_from_ipv6_to_ipv4_through_the_proxy() {
     assert_eq!(out.stdout, "hello\n", "{out}");
     assert_eq!(v4.next_conn().peer.ip(), EXTERNAL);
     assert_eq!(v6.accepted(), 0, "no direct IPv6 connection");
+}
+
+/// A successful hooked call leaves errno as the program set it (called through ctypes, which
+/// hands the program's errno to the call and reads it back).
+#[test]
+fn errno_is_untouched_by_successful_calls() {
+    let socks4d = socks4d();
+    let server = TestServer::start("127.0.0.1:0".parse().unwrap(), b"");
+    let script = format!(
+        "{PY_PRELUDE}
+import ctypes, struct
+libc = ctypes.CDLL(None, use_errno=True)
+def sockaddr(ip, port):
+    raw = struct.pack('=H', socket.AF_INET) + struct.pack('!H', port) + socket.inet_aton(ip) + bytes(8)
+    return ctypes.create_string_buffer(raw, len(raw)), len(raw)
+s = socket.socket()
+buf, n = sockaddr('127.0.0.1', {port})
+ctypes.set_errno(1234)
+out('connect_rc', libc.connect(s.fileno(), buf, n))
+out('connect_errno', ctypes.get_errno())
+name = ctypes.create_string_buffer(128)
+size = ctypes.c_uint(128)
+ctypes.set_errno(4321)
+out('getsockname_rc', libc.getsockname(s.fileno(), name, ctypes.byref(size)))
+out('getsockname_errno', ctypes.get_errno())
+d = socket.socket()
+ctypes.set_errno(77)
+out('close_rc', libc.close(d.detach()))
+out('close_errno', ctypes.get_errno())
+",
+        port = server.addr.port()
+    );
+    let out = python(socks4d.addr, &script, &[], &[]);
+    let map = kv(&out);
+    assert_eq!(get(&map, "connect_rc", &out), "0", "{out}");
+    assert_eq!(get(&map, "connect_errno", &out), "1234");
+    assert_eq!(get(&map, "getsockname_rc", &out), "0");
+    assert_eq!(get(&map, "getsockname_errno", &out), "4321");
+    assert_eq!(get(&map, "close_rc", &out), "0");
+    assert_eq!(get(&map, "close_errno", &out), "77");
+    assert_eq!(server.next_conn().peer.ip(), EXTERNAL);
 }
