@@ -81,7 +81,7 @@ try:
         s.bind((c.getsockname()[0], 0))
         local = s.getsockname()
         s.listen(1)
-    elif mode == "fake":
+    elif mode in ("fake", "accept4_nonblock"):
         # inetutils-ftp/tnftp: bind to the control connection's address, port 0, then getsockname,
         # then listen.
         s = socket.socket()
@@ -144,7 +144,17 @@ try:
         out("readable_after", bool(p.poll(10000)))
         out("epoll_after", bool(ep.poll(1)))
         out("select_after", bool(select.select([s], [], [], 1)[0]))
-    conn, peer = s.accept()
+    if mode == "accept4_nonblock":
+        import ctypes, fcntl
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.accept4(s.fileno(), None, None, socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "accept4")
+        out("accept4_nonblock", bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK))
+        conn = socket.socket(fileno=fd)
+        peer = conn.getpeername()
+    else:
+        conn, peer = s.accept()
 except OSError as e:
     fail(e)
 out("accepted_peer", fmt(peer))
@@ -201,6 +211,15 @@ fn python_bind_to_proxy_side_address_through_socks4d() {
     // SOCKS4 BIND carries one connection: a blocking second accept fails with EINVAL.
     assert_eq!(get(&kv(&out), "second_accept", &out), "EINVAL");
     assert!(out.stderr.contains("BIND carries one connection"), "{out}");
+}
+
+/// accept4(SOCK_NONBLOCK) on a blocking BIND socket gives a non-blocking relayed connection.
+#[test]
+fn accept4_sock_nonblock_applies_to_the_new_descriptor() {
+    let socks4d = socks4d();
+    let (out, seen) = bind_scenario(socks4d.addr, "accept4_nonblock");
+    assert_eq!(get(&kv(&out), "accept4_nonblock", &out), "True");
+    assert_bind_worked(&out, &seen, EXTERNAL);
 }
 
 #[test]
