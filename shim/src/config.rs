@@ -56,8 +56,10 @@ impl Config {
         }
     }
 
+    /// Whether `ip` is in a direct network; an IPv4-mapped address also counts as its IPv4 address.
     pub fn is_direct(&self, ip: IpAddr) -> bool {
-        self.direct.iter().any(|net| net.contains(&ip))
+        let canonical = ip.to_canonical();
+        self.direct.iter().any(|net| net.contains(&ip) || net.contains(&canonical))
     }
 }
 
@@ -381,6 +383,7 @@ mod tests {
         assert!(c.is_direct("127.0.0.5".parse().unwrap()));
         assert!(c.is_direct("::1".parse().unwrap()));
         assert!(!c.is_direct("10.0.0.1".parse().unwrap()));
+        assert!(c.is_direct("::ffff:127.0.0.1".parse().unwrap()));
         assert_eq!(c.timeout, DEFAULT_TIMEOUT);
     }
 

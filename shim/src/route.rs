@@ -20,7 +20,7 @@ pub enum Route {
 /// Decides where a TCP connection to `dest` goes. Allocation-free: it runs for every connect.
 pub fn route(config: &Config, dest: &SocketAddr) -> Route {
     let v4 = ipv4_of(dest);
-    if config.is_direct(dest.ip()) || v4.is_some_and(|a| config.is_direct((*a.ip()).into())) {
+    if config.is_direct(dest.ip()) {
         return Route::Direct;
     }
     // Never send the proxy to itself, whatever the direct list says.

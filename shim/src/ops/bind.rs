@@ -82,8 +82,7 @@ pub fn listen(fd: c_int) -> Verdict<c_int> {
 
 /// A socket bound to a specific address in a direct network serves local clients.
 fn stays_local(config: &Config, addr: &SocketAddr) -> bool {
-    !addr.ip().is_unspecified()
-        && (config.is_direct(addr.ip()) || ipv4_of(addr).is_some_and(|a| config.is_direct((*a.ip()).into())))
+    !addr.ip().is_unspecified() && config.is_direct(addr.ip())
 }
 
 /// Sends a BIND request naming `conn` on `fd` and reads the first reply. Returns the address the
