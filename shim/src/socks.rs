@@ -144,3 +144,101 @@ fn wait(fd: c_int, events: i16, deadline: Instant) -> Result<(), ExchangeError> 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    use socks4_proto::{Destination, ReplyCode};
+
+    const GRANTED: &[u8] = b"\x00\x5a\x04\x38\x0a\x00\x00\x02";
+
+    #[test]
+    fn reads_exactly_the_reply_and_leaves_the_banner() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        theirs.write_all(&[GRANTED, b"220 ready\r\n"].concat()).unwrap();
+        let (mut buf, mut received) = ([0u8; REPLY_LEN], 0);
+        let reply = read_reply(ours.as_raw_fd(), &mut buf, &mut received, 0).unwrap().unwrap();
+        assert_eq!((reply.code, reply.addr()), (ReplyCode::Granted, "10.0.0.2:1080".parse().unwrap()));
+        let mut rest = [0u8; 11];
+        (&ours).read_exact(&mut rest).unwrap();
+        assert_eq!(&rest, b"220 ready\r\n");
+    }
+
+    #[test]
+    fn keeps_partial_bytes_until_the_reply_is_complete() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let (mut buf, mut received) = ([0u8; REPLY_LEN], 0);
+        theirs.write_all(&GRANTED[..3]).unwrap();
+        assert_eq!(read_reply(ours.as_raw_fd(), &mut buf, &mut received, libc::MSG_DONTWAIT), Ok(None));
+        assert_eq!(received, 3);
+        theirs.write_all(&GRANTED[3..]).unwrap();
+        let reply = read_reply(ours.as_raw_fd(), &mut buf, &mut received, libc::MSG_DONTWAIT).unwrap();
+        assert_eq!(reply.map(|r| r.port), Some(1080));
+    }
+
+    #[test]
+    fn garbage_and_early_close_are_errors() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        theirs.write_all(b"HTTP/1.1 400").unwrap();
+        let (mut buf, mut received) = ([0u8; REPLY_LEN], 0);
+        assert_eq!(
+            read_reply(ours.as_raw_fd(), &mut buf, &mut received, 0),
+            Err(ExchangeError::Garbage(ProtocolError::BadReplyVersion(b'H')))
+        );
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        theirs.write_all(&GRANTED[..5]).unwrap();
+        drop(theirs);
+        let (mut buf, mut received) = ([0u8; REPLY_LEN], 0);
+        assert_eq!(read_reply(ours.as_raw_fd(), &mut buf, &mut received, 0), Err(ExchangeError::Closed));
+    }
+
+    #[test]
+    fn exchange_sends_the_request_and_restores_blocking_mode() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut req = [0u8; 13];
+            s.read_exact(&mut req).unwrap();
+            s.write_all(GRANTED).unwrap();
+            req
+        });
+        // SAFETY: a plain socket(2) call; the descriptor is closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        let request = Request::connect(Destination::Ip("10.0.0.5".parse().unwrap()), 21, "fred");
+        let reply = exchange(fd, &proxy, &request, Duration::from_secs(5)).unwrap();
+        assert_eq!(reply.code, ReplyCode::Granted);
+        assert_eq!(&server.join().unwrap(), b"\x04\x01\x00\x15\x0a\x00\x00\x05fred\0");
+        assert_eq!(sys::get_flags(fd).unwrap() & libc::O_NONBLOCK, 0, "blocking again afterwards");
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(fd) };
+    }
+
+    #[test]
+    fn silent_server_times_out_and_dead_server_is_unreachable() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy = listener.local_addr().unwrap();
+        let request = Request::connect(Destination::Ip("10.0.0.5".parse().unwrap()), 21, "");
+        // SAFETY: a plain socket(2) call; the descriptor is closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        let start = Instant::now();
+        assert_eq!(exchange(fd, &proxy, &request, Duration::from_millis(200)), Err(ExchangeError::Timeout));
+        assert!(start.elapsed() < Duration::from_secs(3));
+        drop(listener);
+        // SAFETY: our own descriptors.
+        unsafe { libc::close(fd) };
+        // SAFETY: a plain socket(2) call; the descriptor is closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        assert_eq!(
+            exchange(fd, &proxy, &request, Duration::from_secs(2)),
+            Err(ExchangeError::Unreachable(libc::ECONNREFUSED))
+        );
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(fd) };
+    }
+}
