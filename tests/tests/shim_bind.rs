@@ -320,3 +320,43 @@ out('listen', fmt(s.getsockname()))
     assert_eq!(listen.ip(), LOCALHOST, "{out}");
     assert_ne!(listen.port(), 0);
 }
+
+/// The wire bytes of CONNECT and BIND, and the spec's rule for a first BIND reply of 0.0.0.0
+/// (replaced by the SOCKS server's address), against a scripted server: CONNECT granted with
+/// 0.0.0.0, BIND granted at 0.0.0.0:4242, then the second reply (1.2.3.4:5555) and data in
+/// one write.
+#[test]
+fn bind_request_bytes_and_zero_address_in_the_first_reply() {
+    let proxy = ScriptedProxy::start(vec![
+        b"\x00\x5a\x00\x00\x00\x00\x00\x00",
+        b"\x00\x5a\x10\x92\x00\x00\x00\x00\x00\x5a\x15\xb3\x01\x02\x03\x04hi",
+    ]);
+    let script = format!(
+        "{PY_PRELUDE}
+try:
+    c = socket.create_connection(('10.1.2.3', 21))
+    out('control_local', fmt(c.getsockname()))
+    s = socket.socket()
+    s.listen(1)
+    out('listen', fmt(s.getsockname()))
+    conn, peer = s.accept()
+except OSError as e:
+    fail(e)
+out('peer', fmt(peer))
+out('data', conn.recv(10).decode())
+"
+    );
+    let out = python(proxy.addr, &script, &[], &[("SOCKS4_USER", "fred")]);
+    let map = kv(&out);
+    assert_eq!(get(&map, "listen", &out), "127.0.0.1:4242", "0.0.0.0 is replaced by the server's address");
+    assert_eq!(get(&map, "peer", &out), "1.2.3.4:5555");
+    assert_eq!(get(&map, "data", &out), "hi", "bytes after the second reply belong to the program");
+    // The CONNECT reply said 0.0.0.0: getsockname is the real local address.
+    assert_eq!(addr(&map, "control_local", &out).ip(), LOCALHOST);
+    let requests = proxy.requests.lock().unwrap().clone();
+    assert_eq!(
+        requests,
+        vec![b"\x04\x01\x00\x15\x0a\x01\x02\x03fred\0".to_vec(), b"\x04\x02\x00\x15\x0a\x01\x02\x03fred\0".to_vec()],
+        "CONNECT, then a BIND naming the same destination"
+    );
+}

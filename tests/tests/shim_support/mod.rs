@@ -217,3 +217,42 @@ pub fn connect_from(src: Ipv4Addr, dst: std::net::SocketAddrV4) -> std::io::Resu
     }
     Ok(stream)
 }
+
+/// A scripted SOCKS server: the n-th connection gets `answers[n]` once its request has arrived,
+/// then is held open until the client closes. Records each request's bytes in order.
+pub struct ScriptedProxy {
+    pub addr: SocketAddr,
+    pub requests: Arc<Mutex<Vec<Vec<u8>>>>,
+    _thread: JoinHandle<()>,
+}
+
+impl ScriptedProxy {
+    pub fn start(answers: Vec<&'static [u8]>) -> ScriptedProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let recorded = requests.clone();
+        let thread = std::thread::spawn(move || {
+            for answer in answers {
+                let Ok((mut s, _)) = listener.accept() else { return };
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                // A SOCKS4 request is 8 bytes, a user id and a NUL.
+                let mut req = Vec::new();
+                let mut byte = [0u8; 1];
+                while !(req.len() > 8 && req.last() == Some(&0)) {
+                    match s.read(&mut byte) {
+                        Ok(1) => req.push(byte[0]),
+                        _ => break,
+                    }
+                }
+                recorded.lock().unwrap().push(req);
+                let _ = s.write_all(answer);
+                std::thread::spawn(move || {
+                    let mut sink = [0u8; 256];
+                    while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+                });
+            }
+        });
+        ScriptedProxy { addr, requests, _thread: thread }
+    }
+}
