@@ -339,8 +339,8 @@ def main():
         f"{m.get('microsocks', '?')} (SOCKS5 only), iperf3 {m.get('iperf3', '?')}; {m.get('rustc', '?')}",
         f"- load average (1 min) at start and end of the run: {m.get('load_start', '?')}, {m.get('load_end', '?')} "
         f"(other work on the machine; {m.get('cores', '?')} cores); run took {m.get('took_s', '?')} s",
-        f"- throughput: {m.get('seconds', '?')} s per point, best of 2 interleaved rounds (loadgen and iperf3); "
-        f"handshakes: {m.get('handshakes', '?')} sequential after 200 warm-up, best of 2 interleaved rounds; memory: sum over the "
+        f"- throughput: {m.get('seconds', '?')} s per point, best of {m.get('rounds', 2)} interleaved rounds (loadgen and iperf3); "
+        f"handshakes: {m.get('handshakes', '?')} sequential after 200 warm-up, best of {m.get('rounds', 2)} interleaved rounds; memory: sum over the "
         f"server's process tree; `ulimit -n` {m.get('fd_limit', '?')}",
         "",
         "![chart](results.png)",
