@@ -7,7 +7,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::sockaddr::ipv4_of;
@@ -65,6 +65,10 @@ pub struct Registry {
     inner: Mutex<Inner>,
     /// Entries in `map`, readable without the lock so the hot path skips it when nothing is managed.
     len: AtomicUsize,
+    /// The pid this registry describes (0: not yet known). A vfork child shares our memory but has
+    /// its own pid and descriptor table: what it closes or dup2s before exec (Python's subprocess
+    /// does both) must not change the parent's state.
+    owner: AtomicI32,
 }
 
 impl Default for Registry {
@@ -75,7 +79,11 @@ impl Default for Registry {
 
 impl Registry {
     pub const fn new() -> Self {
-        Registry { inner: Mutex::new(Inner { map: BTreeMap::new(), seq: 0, latest: None }), len: AtomicUsize::new(0) }
+        Registry {
+            inner: Mutex::new(Inner { map: BTreeMap::new(), seq: 0, latest: None }),
+            len: AtomicUsize::new(0),
+            owner: AtomicI32::new(0),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -88,6 +96,17 @@ impl Registry {
         let r = f(&mut inner);
         self.len.store(inner.map.len(), Ordering::Release);
         r
+    }
+
+    /// This registry now describes process `pid` (at startup, and in a fork child).
+    pub fn claim(&self, pid: i32) {
+        self.owner.store(pid, Ordering::Release);
+    }
+
+    /// Whether `pid` is another process sharing this memory (a vfork child).
+    pub fn is_foreign(&self, pid: i32) -> bool {
+        let owner = self.owner.load(Ordering::Acquire);
+        owner != 0 && owner != pid
     }
 
     pub fn is_empty(&self) -> bool {
@@ -192,13 +211,21 @@ extern "C" fn before_fork() {
     let _ = HELD_OVER_FORK.try_with(|h| *h.borrow_mut() = Some(guard));
 }
 
-extern "C" fn after_fork() {
+extern "C" fn after_fork_parent() {
     let _ = HELD_OVER_FORK.try_with(|h| h.borrow_mut().take());
 }
 
-/// Registers the fork handlers; called once from the library constructor.
+extern "C" fn after_fork_child() {
+    // A fork child has its own copy of the registry (unlike a vfork child, which runs no handler).
+    GLOBAL.claim(crate::sys::pid());
+    after_fork_parent();
+}
+
+/// Registers the fork handlers and claims the registry for this process; called once from the
+/// library constructor.
 pub fn install_fork_handlers() {
-    crate::sys::at_fork(before_fork, after_fork, after_fork);
+    GLOBAL.claim(crate::sys::pid());
+    crate::sys::at_fork(before_fork, after_fork_parent, after_fork_child);
 }
 
 #[cfg(test)]
@@ -284,6 +311,15 @@ mod tests {
         connect(&r, 3, "10.0.0.5:21", None);
         r.remove(3);
         assert_eq!(r.latest_connection(), Some(v4("10.0.0.5:21")));
+    }
+
+    #[test]
+    fn only_another_pid_is_foreign() {
+        let r = Registry::new();
+        assert!(!r.is_foreign(42), "unclaimed: every caller may change it");
+        r.claim(42);
+        assert!(!r.is_foreign(42));
+        assert!(r.is_foreign(43));
     }
 
     #[test]

@@ -552,3 +552,34 @@ out('close_errno', ctypes.get_errno())
     assert_eq!(get(&map, "close_errno", &out), "77");
     assert_eq!(server.next_conn().peer.ip(), EXTERNAL);
 }
+
+/// Python's subprocess starts children with vfork: the child shares the parent's memory and
+/// closes every inherited descriptor (close_range) and dup2s its pipes before exec. None of that
+/// may change the parent's view of its proxied socket.
+#[test]
+fn subprocess_vfork_child_does_not_disturb_the_parent() {
+    let socks4d = socks4d();
+    let server = TestServer::start("127.0.0.1:0".parse().unwrap(), b"");
+    let script = format!(
+        "{PY_PRELUDE}
+import subprocess
+s = socket.create_connection(('127.0.0.1', {port}))
+out('before', fmt(s.getpeername()))
+subprocess.run(['true'], close_fds=True, stdout=subprocess.PIPE)
+subprocess.run(['true'], pass_fds=[s.fileno()])
+out('after', fmt(s.getpeername()))
+out('local', fmt(s.getsockname()))
+s.sendall(b'ping')
+out('echo', s.recv(4).decode())
+",
+        port = server.addr.port()
+    );
+    let out = python(socks4d.addr, &script, &[], &[]);
+    let map = kv(&out);
+    let dest = server.addr.to_string();
+    assert_eq!(get(&map, "before", &out), dest);
+    assert_eq!(get(&map, "after", &out), dest, "the vfork child's closes must not reach the parent's state");
+    assert_eq!(get(&map, "echo", &out), "ping");
+    let conn = server.next_conn();
+    assert_eq!(addr(&map, "local", &out), conn.peer);
+}
