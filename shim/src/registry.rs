@@ -120,6 +120,10 @@ impl Registry {
         self.lock().map.get(&fd).cloned()
     }
 
+    pub fn contains(&self, fd: Fd) -> bool {
+        !self.is_empty() && self.lock().map.contains_key(&fd)
+    }
+
     pub fn insert(&self, fd: Fd, state: SocketState) {
         self.with(|i| i.map.insert(fd, state));
     }
