@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod ident;
+mod memory;
 pub mod net;
 pub mod relay;
 pub mod rules;

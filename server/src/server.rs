@@ -80,6 +80,8 @@ impl Server {
             active: AtomicUsize::new(0),
             refusing: AtomicUsize::new(0),
         });
+        let weak = Arc::downgrade(&shared);
+        crate::memory::spawn_trimmer(move || weak.upgrade().map(|s| s.active.load(Ordering::Relaxed)));
         let (stop, _) = watch::channel(false);
         let (kill, _) = watch::channel(false);
         let accept_tasks = listeners
