@@ -7,7 +7,7 @@
 mod hostile_support;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use hostile_support::*;
@@ -386,7 +386,7 @@ fn upstream_reset_mid_stream() {
     let mut d = Daemon::start(&config(""));
     let base = d.baseline(&echo, 4096);
 
-    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = bind_retrying(Ipv4Addr::LOCALHOST);
     let up_addr = upstream.local_addr().unwrap();
     const ROUNDS: usize = 20;
     let server = std::thread::spawn(move || {
@@ -417,7 +417,7 @@ fn upstream_reset_mid_stream() {
 
     // An upstream port with no listener: exactly 91.
     let closed_port = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let l = bind_retrying(Ipv4Addr::LOCALHOST);
         l.local_addr().unwrap()
     };
     let mut s = client(d.addr);

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -44,6 +44,22 @@ fn faultc() -> &'static Path {
     })
 }
 
+/// Binds 127.0.0.1:0, retrying for a while: a benchmark running on the same
+/// machine can hold every ephemeral port in TIME_WAIT for a minute.
+fn bind_retrying(ip: Ipv4Addr) -> TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match TcpListener::bind((ip, 0)) {
+            Ok(l) => return l,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("bind {ip}:0: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("bind {ip}:0: {e}"),
+        }
+    }
+}
+
 /// What a fake SOCKS server does with each client.
 #[derive(Debug, Clone)]
 enum Behaviour {
@@ -77,7 +93,7 @@ struct FakeProxy {
 
 impl FakeProxy {
     fn start(behaviour: Behaviour) -> FakeProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = bind_retrying(Ipv4Addr::LOCALHOST);
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -186,7 +202,7 @@ struct Destination {
 impl Destination {
     /// An echo server counting its connections.
     fn start() -> Destination {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = bind_retrying(Ipv4Addr::LOCALHOST);
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));

@@ -47,6 +47,23 @@ impl Daemon {
 
     /// As [`Daemon::start`], with RLIMIT_NOFILE set to `nofile` (via prlimit(1)).
     pub fn start_with(config_toml: &str, nofile: Option<u64>) -> Daemon {
+        // socks4d exits when it cannot bind 127.0.0.1:0 (every ephemeral
+        // port held, e.g. by a benchmark on the same machine): try again.
+        let mut tries = 0;
+        loop {
+            match Daemon::try_start(config_toml, nofile) {
+                Ok(d) => return d,
+                Err(log) if tries < 20 && log.contains("listen 127.0.0.1:0") => {
+                    eprintln!("socks4d could not listen, retrying: {log}");
+                    tries += 1;
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+                Err(log) => panic!("socks4d printed no `listening` line; stderr:\n{log}"),
+            }
+        }
+    }
+
+    fn try_start(config_toml: &str, nofile: Option<u64>) -> Result<Daemon, String> {
         let dir = std::env::temp_dir().join(format!(
             "socks4-hostile-{}-{}",
             std::process::id(),
@@ -88,9 +105,9 @@ impl Daemon {
         let mut daemon = Daemon { addr: "0.0.0.0:0".parse().unwrap(), child, dir };
         match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(a) => daemon.addr = a.parse().expect("listening address"),
-            Err(_) => panic!("socks4d printed no `listening` line; stderr:\n{}", daemon.log()),
+            Err(_) => return Err(daemon.log()), // dropped: killed, dir removed
         }
-        daemon
+        Ok(daemon)
     }
 
     pub fn pid(&self) -> u32 {
@@ -214,7 +231,7 @@ impl Echo {
     }
 
     pub fn start_on(ip: Ipv4Addr) -> Echo {
-        let listener = TcpListener::bind((ip, 0)).unwrap();
+        let listener = bind_retrying(ip);
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -233,6 +250,22 @@ impl Echo {
             }
         });
         Echo { addr, accepted, stop, thread: Some(thread) }
+    }
+}
+
+/// Binds `ip:0`, retrying for a while: a benchmark running on the same
+/// machine can hold every ephemeral port in TIME_WAIT for a minute.
+pub fn bind_retrying(ip: Ipv4Addr) -> TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match TcpListener::bind((ip, 0)) {
+            Ok(l) => return l,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("bind {ip}:0: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("bind {ip}:0: {e}"),
+        }
     }
 }
 
