@@ -9,6 +9,13 @@ use socks4_server::{Config, ConfigError};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
+    // Known bug (pinned in server/tests/hostile_config.rs): non-ASCII white
+    // space in `log` (e.g. U+00A0) panics inside tracing-subscriber's
+    // EnvFilter::try_new, which Config::parse calls. Skipped so the fuzzer
+    // goes on past it; remove once Config::parse guards against it.
+    if text.chars().any(|c| c.is_whitespace() && !c.is_ascii()) {
+        return;
+    }
     match Config::parse(text, "fuzz.toml") {
         Ok(config) => {
             // Known bug (pinned in server/tests/hostile_config.rs): Display
