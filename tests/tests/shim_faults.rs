@@ -77,6 +77,9 @@ enum Behaviour {
     Dribble(&'static [u8], Duration),
     /// Read the request, wait `delay`, send these bytes, then echo what comes.
     DelayThenEcho(&'static [u8], Duration),
+    /// CONNECT: granted, held open. BIND: first reply granted (port 4000),
+    /// then these bytes as the "second reply" after 100 ms, then close.
+    Bind(&'static [u8]),
 }
 
 const GRANTED: &[u8] = b"\x00\x5a\x00\x00\x00\x00\x00\x00";
@@ -185,6 +188,18 @@ fn serve(mut s: TcpStream, b: Behaviour, reqs: Arc<Mutex<Vec<Vec<u8>>>>) {
             std::thread::sleep(delay);
             let _ = s.write_all(r);
             echo(&mut s);
+        }
+        Behaviour::Bind(second) => {
+            let is_bind = reqs.lock().unwrap().last().is_some_and(|r| r.get(1) == Some(&2));
+            let mut buf = [0u8; 64];
+            if !is_bind {
+                let _ = s.write_all(GRANTED);
+                let _ = s.read(&mut buf);
+                return;
+            }
+            let _ = s.write_all(b"\x00\x5a\x0f\xa0\x7f\x00\x00\x01");
+            std::thread::sleep(Duration::from_millis(100));
+            let _ = s.write_all(second);
         }
         Behaviour::CloseAtOnce | Behaviour::Reset => unreachable!(),
     }
@@ -536,4 +551,35 @@ fn fifo_config_does_not_hang_the_program() {
     assert_finished(&out, "SOCKS4_CONF=FIFO");
     assert_eq!(get(&kv(&out), "errno", &out), "EACCES", "{out}");
     assert_eq!(dest.accepted(), 0);
+}
+
+/// BIND (listen/accept in a process with a proxied connection) whose
+/// second reply is refused, cut short, garbage or never comes before the
+/// server closes: `accept` fails with the README's errno, the program goes
+/// on, and a whole second reply followed by data works.
+#[test]
+fn bind_second_reply_faults() {
+    let cases: Vec<(&str, &'static [u8], &str)> = vec![
+        ("second reply 91", b"\x00\x5b\x00\x00\x00\x00\x00\x00", "ECONNABORTED"),
+        ("closed before the second reply", b"", "ECONNABORTED"),
+        ("3 bytes then close", b"\x00\x5a\x00", "ECONNABORTED"),
+        ("garbage second reply", b"HTTP/1.1 400 Bad\r\n", "EPROTO"),
+        ("granted, then data", b"\x00\x5a\x30\x39\x0a\x00\x00\x09220 hello", "0"),
+    ];
+    for (what, second, want) in cases {
+        let fake = FakeProxy::start(Behaviour::Bind(second));
+        let out = run(fake.addr, &["bind", "10.0.0.9", "21"], &[("SOCKS4_TIMEOUT", "2")]);
+        assert_finished(&out, what);
+        let map = kv(&out);
+        assert_eq!(get(&map, "bound", &out), "127.0.0.1:4000", "{what}: getsockname = the first reply\n{out}");
+        assert_eq!(get(&map, "accept", &out), want, "{what}\n{out}");
+        if want == "0" {
+            assert_eq!(get(&map, "data", &out), "220 hello", "{what}\n{out}");
+        } else {
+            assert_eq!(shim_lines(&out).len(), 1, "{what}: want one stderr line\n{out}");
+        }
+        let reqs = fake.requests.lock().unwrap();
+        assert_eq!(reqs.len(), 2, "{what}: CONNECT then BIND\n{out}");
+        assert_eq!(reqs[1], b"\x04\x02\x00\x15\x0a\x00\x00\x09fault\0", "{what}: the BIND request");
+    }
 }

@@ -11,6 +11,7 @@
  *   faultc signals  HOST PORT         connect under a 1 ms SIGALRM storm (no SA_RESTART)
  *   faultc threads  HOST PORT N       N threads connect at once, each echoes its own bytes
  *   faultc fork     HOST PORT ROUNDS  forks while a thread keeps connecting; children connect
+ *   faultc bind     HOST PORT         connect, then listen/accept on a fresh socket (SOCKS BIND)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -276,6 +277,39 @@ static int mode_fork(int rounds) {
     return 0;
 }
 
+static int mode_bind(void) {
+    int ctl = do_connect();
+    if (ctl < 0) {
+        printf("errno=%s\n", ename(-ctl));
+        return 0;
+    }
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    int rc = listen(l, 1);
+    printf("listen=%s\n", rc == 0 ? "0" : ename(errno));
+    if (rc != 0) return 0;
+    struct sockaddr_in a;
+    socklen_t alen = sizeof a;
+    getsockname(l, (struct sockaddr *)&a, &alen);
+    char ip[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &a.sin_addr, ip, sizeof ip);
+    printf("bound=%s:%d\n", ip, ntohs(a.sin_port));
+    struct pollfd p = {l, POLLIN, 0};
+    printf("poll=%d\n", poll(&p, 1, 10000));
+    int c = accept(l, NULL, NULL);
+    printf("accept=%s\n", c >= 0 ? "0" : ename(errno));
+    if (c >= 0) {
+        char buf[16] = {0};
+        struct timeval tv = {5, 0};
+        setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        ssize_t n = recv(c, buf, sizeof buf - 1, 0);
+        printf("data=%s\n", n > 0 ? buf : "");
+        close(c);
+    }
+    close(l);
+    close(ctl);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc < 4) {
@@ -297,6 +331,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(m, "signals")) rc = mode_signals();
     else if (!strcmp(m, "threads")) rc = mode_threads(n);
     else if (!strcmp(m, "fork")) rc = mode_fork(n);
+    else if (!strcmp(m, "bind")) rc = mode_bind();
     printf("done=1\n");
     return rc;
 }
