@@ -14,6 +14,7 @@ pub mod server;
 pub mod session;
 #[cfg(target_os = "linux")]
 mod splice;
+mod workers;
 
 pub use config::{Config, ConfigError, External};
 pub use rules::{Decision, Query, Rules, evaluate};

@@ -12,11 +12,13 @@ use std::time::Duration;
 use socks4_proto::{Reply, ReplyCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::session;
+use crate::workers::Workers;
 
 /// After an accept error such as EMFILE, wait this long before retrying:
 /// the error would repeat at once and spin the loop.
@@ -49,6 +51,8 @@ pub struct Server {
     /// Set to true: live sessions are cut.
     kill: watch::Sender<bool>,
     accept_tasks: Vec<JoinHandle<()>>,
+    /// The session threads of [`Server::bind_per_core`]; dropped last.
+    _workers: Option<Workers>,
 }
 
 impl Server {
@@ -67,6 +71,27 @@ impl Server {
         Server::from_listeners(listeners, config)
     }
 
+    /// Like [`Server::bind`], but sessions run on `threads` threads of
+    /// their own (one per core is right), each with its own current-thread
+    /// runtime and its own SO_REUSEPORT listener per address; see
+    /// `workers.rs`. The calling runtime keeps only the control work.
+    ///
+    /// # Errors
+    ///
+    /// If the threads cannot start, or the first address that cannot be
+    /// bound, named in the error.
+    pub async fn bind_per_core(config: Config, threads: usize) -> io::Result<Server> {
+        let workers = Workers::start(threads)?;
+        let mut listeners = Vec::new();
+        let mut local_addrs = Vec::new();
+        for addr in &config.listen {
+            let group = workers.listen(*addr).map_err(|e| io::Error::new(e.kind(), format!("listen {addr}: {e}")))?;
+            local_addrs.push(group[0].local_addr()?);
+            listeners.extend(workers.handles().iter().cloned().zip(group));
+        }
+        Ok(Server::start(listeners, local_addrs, config, Some(workers)))
+    }
+
     /// Serves on listeners bound by the caller (`config.listen` is ignored).
     /// Must be called inside a tokio runtime.
     ///
@@ -75,6 +100,19 @@ impl Server {
     /// If a listener's local address cannot be read.
     pub fn from_listeners(listeners: Vec<TcpListener>, config: Config) -> io::Result<Server> {
         let local_addrs = listeners.iter().map(TcpListener::local_addr).collect::<io::Result<Vec<_>>>()?;
+        let here = Handle::current();
+        let listeners = listeners.into_iter().map(|l| (here.clone(), l)).collect();
+        Ok(Server::start(listeners, local_addrs, config, None))
+    }
+
+    /// Starts an accept loop for each listener on the runtime it is
+    /// registered with; sessions run where their listener's loop runs.
+    fn start(
+        listeners: Vec<(Handle, TcpListener)>,
+        local_addrs: Vec<SocketAddr>,
+        config: Config,
+        workers: Option<Workers>,
+    ) -> Server {
         let shared = Arc::new(Shared {
             config: RwLock::new(Arc::new(config)),
             active: AtomicUsize::new(0),
@@ -86,9 +124,9 @@ impl Server {
         let (kill, _) = watch::channel(false);
         let accept_tasks = listeners
             .into_iter()
-            .map(|l| tokio::spawn(accept_loop(l, shared.clone(), stop.subscribe(), kill.subscribe())))
+            .map(|(rt, l)| rt.spawn(accept_loop(l, shared.clone(), stop.subscribe(), kill.subscribe())))
             .collect();
-        Ok(Server { local_addrs, shared, stop, kill, accept_tasks })
+        Server { local_addrs, shared, stop, kill, accept_tasks, _workers: workers }
     }
 
     /// The addresses actually listened on (port 0 resolved).
@@ -217,8 +255,9 @@ fn refuse_over_cap(mut stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>
     });
 }
 
-/// Runs the daemon: binds, prints `listening <ADDR>` on stdout for each
-/// listener, reloads `config_path` on SIGHUP (a bad file is logged and the
+/// Runs the daemon: binds (sessions on a thread per core, see
+/// [`Server::bind_per_core`]), prints `listening <ADDR>` on stdout for each
+/// listen address, reloads `config_path` on SIGHUP (a bad file is logged and the
 /// old config kept; listeners do not change; `on_reload` gets the new
 /// config, for the binary to apply its `log` level), and on SIGTERM/SIGINT
 /// drains and returns.
@@ -237,7 +276,8 @@ pub async fn run_daemon(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
 
-    let server = Server::bind(config).await?;
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let server = Server::bind_per_core(config, cores).await?;
     {
         let mut out = io::stdout().lock();
         for addr in server.local_addrs() {

@@ -72,7 +72,9 @@ fn main() -> ExitCode {
         }
     };
 
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Sessions get threads of their own (run_daemon); this runtime only
+    // handles signals, reloads and the drain: one thread is plenty.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("socks4d: cannot start the runtime: {e}");
