@@ -1,20 +1,19 @@
 //! Sequential CONNECT handshakes: how long a client waits from `connect()`
 //! to the proxy until it holds a granted relay, one connection at a time.
 //!
-//! The client closes as soon as it has the reply; the destination closes
-//! only after it has read the end of the stream. Were both ends to close at
-//! once, the destination's TIME_WAIT could meet a later SYN on the same
-//! 4-tuple and stall that handshake for a 1 s SYN retransmission.
-//! Each run listens on a fresh port, so one run's TIME_WAIT entries never
-//! collide with the next run's 4-tuples.
+//! TIME_WAIT is kept off 127.0.0.1's ephemeral ports, which danted needs:
+//! it binds a port of its own (bind to port 0, then connect) for every
+//! outgoing connection, and runs out when they are taken. So the
+//! destination closes first (its TIME_WAIT sits on its listening port), and
+//! the client connects from rotating source addresses 127.0.0.2 and up.
+//! The destination listens with a deep accept queue, so a briefly starved
+//! acceptor never drops a SYN (a 1 s retransmission, charged to the proxy).
 
-use std::io::Read;
 use std::net::TcpStream;
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::proxy::{ConnectError, Proxy};
+use crate::proxy::{self, ConnectError, Proxy};
 use crate::stats::{self, Latency};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -30,36 +29,35 @@ impl Handshakes {
     }
 }
 
-/// Runs `warmup` unmeasured handshakes, then `count` measured ones, and
-/// stops early (with what it has) at `deadline` after the start.
+/// Runs `warmup` unmeasured handshakes, then `count` measured ones, from
+/// `sources` rotating loopback addresses, and stops early (with what it
+/// has) at `deadline` after the start.
 ///
 /// # Errors
 ///
 /// The first handshake that failed: a benchmark that drops connections has
 /// no rate worth reporting.
-pub fn run(proxy: Proxy, count: usize, warmup: usize, deadline: Duration) -> Result<Handshakes, ConnectError> {
+pub fn run(
+    proxy: Proxy,
+    count: usize,
+    warmup: usize,
+    sources: usize,
+    deadline: Duration,
+) -> Result<Handshakes, ConnectError> {
     let (listener, dest) = crate::loopback_listener()?;
-    // One thread accepts, another waits for each stream's end in turn, so
-    // a proxy slow to close one relay never fills the accept queue.
-    let (closing, to_close) = mpsc::channel::<TcpStream>();
+    // Accept and close at once: the relay's far end goes away first.
     thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            if closing.send(conn).is_err() {
-                return;
-            }
-        }
-    });
-    thread::spawn(move || {
-        let mut sink = [0u8; 512];
-        for mut conn in to_close {
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-            while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+        for conn in listener.incoming() {
+            drop(conn);
         }
     });
     let timeout = Duration::from_secs(5);
-    let once = || -> Result<Duration, ConnectError> {
+    let mut n = 0usize;
+    let mut once = || -> Result<Duration, ConnectError> {
+        let source = proxy::loopback_source(n, sources);
+        n += 1;
         let t0 = Instant::now();
-        let conn: TcpStream = proxy.connect(dest, timeout)?;
+        let conn: TcpStream = proxy.connect_from(Some(source), dest, timeout)?;
         let took = t0.elapsed();
         drop(conn);
         Ok(took)

@@ -42,6 +42,9 @@ enum Command {
         /// Stop measuring after this long even if `count` is not reached.
         #[arg(long, default_value_t = 30.0)]
         max_seconds: f64,
+        /// Connect from this many source addresses, 127.0.0.2 and up (1-250).
+        #[arg(long, default_value_t = 64)]
+        sources: usize,
         #[arg(long, default_value = "")]
         label: String,
     },
@@ -116,8 +119,8 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 t.gbit_per_s()
             ));
         }
-        Command::Handshake { proxy, count, warmup, max_seconds, label } => {
-            let h = handshake::run(proxy, count, warmup, Duration::from_secs_f64(max_seconds))?;
+        Command::Handshake { proxy, count, warmup, max_seconds, sources, label } => {
+            let h = handshake::run(proxy, count, warmup, sources, Duration::from_secs_f64(max_seconds))?;
             emit(format!(
                 concat!(
                     r#"{{"kind":"handshake","label":{},"count":{},"seconds":{:.3},"per_s":{:.0},"#,

@@ -5,7 +5,8 @@
 //! against, speaks nothing else; the bytes are RFC 1928's, CONNECT only.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::os::fd::AsRawFd;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -66,11 +67,29 @@ impl Proxy {
     ///
     /// A socket error, a refusal or a reply that is not SOCKS.
     pub fn connect(&self, dest: SocketAddrV4, timeout: Duration) -> Result<TcpStream, ConnectError> {
+        self.connect_from(None, dest, timeout)
+    }
+
+    /// [`Proxy::connect`] from a chosen local address (port still picked by
+    /// the kernel at connect time).
+    ///
+    /// # Errors
+    ///
+    /// As [`Proxy::connect`], and a source address that cannot be bound.
+    pub fn connect_from(
+        &self,
+        source: Option<Ipv4Addr>,
+        dest: SocketAddrV4,
+        timeout: Duration,
+    ) -> Result<TcpStream, ConnectError> {
         let server = match *self {
             Proxy::Direct => SocketAddr::V4(dest),
             Proxy::Socks4(addr) | Proxy::Socks5(addr) => addr,
         };
-        let mut stream = TcpStream::connect_timeout(&server, timeout)?;
+        let mut stream = match source {
+            None => TcpStream::connect_timeout(&server, timeout)?,
+            Some(ip) => connect_bound(ip, server, timeout)?,
+        };
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         match *self {
@@ -80,6 +99,36 @@ impl Proxy {
         }
         Ok(stream)
     }
+}
+
+/// Connects from `source`. IP_BIND_ADDRESS_NO_PORT defers the port choice
+/// to connect(), so ports are shared across destinations as for an unbound
+/// socket instead of being reserved at bind().
+fn connect_bound(source: Ipv4Addr, server: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid descriptor we own, and a pointer to a live c_int with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    socket.bind(&SocketAddr::from((source, 0)).into())?;
+    socket.connect_timeout(&server.into(), timeout)?;
+    Ok(socket.into())
+}
+
+/// The `n`th of `count` loopback source addresses 127.0.0.2, 127.0.0.3, ...
+/// (`count` at most 250).
+pub fn loopback_source(n: usize, count: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 2 + (n % count.clamp(1, 250)) as u8)
 }
 
 fn socks4_connect(stream: &mut TcpStream, dest: SocketAddrV4) -> Result<(), ConnectError> {
@@ -157,6 +206,14 @@ mod tests {
     fn socks5_request_is_rfc1928_layout() {
         let dest: SocketAddrV4 = "127.0.0.1:8080".parse().unwrap();
         assert_eq!(socks5_request(dest), *b"\x05\x01\x00\x01\x7f\x00\x00\x01\x1f\x90");
+    }
+
+    #[test]
+    fn loopback_sources_rotate_from_127_0_0_2() {
+        assert_eq!(loopback_source(0, 3), Ipv4Addr::new(127, 0, 0, 2));
+        assert_eq!(loopback_source(2, 3), Ipv4Addr::new(127, 0, 0, 4));
+        assert_eq!(loopback_source(3, 3), Ipv4Addr::new(127, 0, 0, 2));
+        assert_eq!(loopback_source(300, 1000), Ipv4Addr::new(127, 0, 0, 52));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use socks4_proto::{Destination, Reply, ReplyCode, Request};
 #[derive(Default)]
 struct Seen {
     requests: Mutex<Vec<Request>>,
+    clients: Mutex<std::collections::BTreeSet<std::net::IpAddr>>,
     bytes_up: AtomicU64,
     closed: AtomicU64,
 }
@@ -39,6 +40,7 @@ fn recording_relay(code: ReplyCode) -> (SocketAddr, Arc<Seen>) {
 }
 
 fn serve(mut client: TcpStream, code: ReplyCode, seen: &Seen) {
+    seen.clients.lock().unwrap().insert(client.peer_addr().unwrap().ip());
     let mut buf = Vec::new();
     let mut chunk = [0u8; 512];
     let request = loop {
@@ -92,7 +94,7 @@ fn socks4(addr: SocketAddr) -> Proxy {
 #[test]
 fn handshake_sends_one_socks4_connect_per_iteration() {
     let (addr, seen) = recording_relay(ReplyCode::Granted);
-    let h = handshake::run(socks4(addr), 300, 20, Duration::from_secs(30)).unwrap();
+    let h = handshake::run(socks4(addr), 300, 20, 8, Duration::from_secs(30)).unwrap();
     assert_eq!(h.count, 300);
     assert!(h.per_second() > 0.0 && h.latency.p50_us > 0.0 && h.latency.p99_us >= h.latency.p50_us);
     let requests = seen.requests.lock().unwrap();
@@ -101,12 +103,15 @@ fn handshake_sends_one_socks4_connect_per_iteration() {
     assert_eq!(first.user_id, b"bench");
     assert_eq!(first.destination, Destination::Ip([127, 0, 0, 1].into()));
     assert!(requests.iter().all(|r| r.port == first.port), "one destination listener per run");
+    let clients: Vec<String> = seen.clients.lock().unwrap().iter().map(|ip| ip.to_string()).collect();
+    let want: Vec<String> = (2..10).map(|d| format!("127.0.0.{d}")).collect();
+    assert_eq!(clients, want, "8 rotating source addresses");
 }
 
 #[test]
 fn refusal_fails_the_handshake_run() {
     let (addr, _) = recording_relay(ReplyCode::Rejected);
-    match handshake::run(socks4(addr), 10, 0, Duration::from_secs(10)) {
+    match handshake::run(socks4(addr), 10, 0, 1, Duration::from_secs(10)) {
         Err(ConnectError::Socks4Refused(ReplyCode::Rejected)) => {}
         other => panic!("expected a 91 refusal, got {other:?}"),
     }
@@ -200,7 +205,7 @@ impl Drop for Microsocks {
 fn socks5_mode_works_through_microsocks() {
     let m = Microsocks::start();
     let proxy = Proxy::Socks5(m.addr);
-    let h = handshake::run(proxy, 100, 5, Duration::from_secs(30)).unwrap();
+    let h = handshake::run(proxy, 100, 5, 4, Duration::from_secs(30)).unwrap();
     assert_eq!(h.count, 100);
     let held = hold::open(proxy, 50, 4, Duration::from_secs(30)).unwrap();
     assert_eq!((held.relayed(), held.failed), (50, 0));
