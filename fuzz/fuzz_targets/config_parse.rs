@@ -16,6 +16,14 @@ fuzz_target!(|data: &[u8]| {
     if text.chars().any(|c| c.is_whitespace() && !c.is_ascii()) {
         return;
     }
+    // Known bug (pinned in server/tests/hostile_config.rs): a `log` filter
+    // with a span field matcher (`a[{s=Z*....Z}]`) compiles a regex DFA of
+    // exponential size: 20 dots take 95 s and 2.5 GB. Skipped likewise.
+    if let Ok(table) = text.parse::<toml::Table>()
+        && table.get("log").and_then(toml::Value::as_str).is_some_and(|l| l.contains('['))
+    {
+        return;
+    }
     match Config::parse(text, "fuzz.toml") {
         Ok(config) => {
             // Known bug (pinned in server/tests/hostile_config.rs): Display
