@@ -44,7 +44,8 @@ fuzz_target!(|input: Input| {
     };
     let command = if input.bind { Command::Bind } else { Command::Connect };
     let req = Request { command, port: input.port, destination, user_id };
-    let limits = Limits { max_user_id: usize::from(input.max_user_id), max_host_name: usize::from(input.max_host_name) };
+    let limits =
+        Limits { max_user_id: usize::from(input.max_user_id), max_host_name: usize::from(input.max_host_name) };
 
     let mut wire = Vec::new();
     req.encode(&mut wire);
