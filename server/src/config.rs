@@ -104,8 +104,14 @@ impl Config {
     /// [`ConfigError::Invalid`] naming line and key.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         let cx = Cx { text, file };
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| cx.error(e.span().unwrap_or(0..0), None, e.message().to_string()))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            // toml says nothing at all about a value cut off by the end of the file.
+            let message = match e.message().trim() {
+                "" => "incomplete value (the file ends here)".to_string(),
+                m => m.to_string(),
+            };
+            cx.error(e.span().unwrap_or(0..0), None, message)
+        })?;
         let mut config = Config::default();
         if let Some(listen) = raw.listen {
             config.listen = listen
@@ -154,14 +160,46 @@ impl Config {
                 .ok_or_else(|| cx.error(max.span(), Some("max_connections"), "expected a number above 0".into()))?;
         }
         if let Some(log) = raw.log {
-            if tracing_subscriber::EnvFilter::try_new(log.get_ref()).is_err() {
-                return Err(cx.error(log.span(), Some("log"), "not a log filter (e.g. \"info\", \"debug\")".into()));
-            }
+            check_log_filter(log.get_ref()).map_err(|m| cx.error(log.span(), Some("log"), m))?;
             config.log = log.into_inner();
         }
         config.rules = Rules { rules: raw.rule.into_iter().map(|r| cx.rule(r)).collect::<Result<_, _>>()? };
         Ok(config)
     }
+}
+
+/// Accepts the plain part of tracing's filter syntax: comma-separated
+/// `level`, `target` or `target=level`. Span and field filters (`[...]`,
+/// `{...}`) are refused: tracing-subscriber compiles their values as regexes
+/// whose size can explode, and panics on some non-ASCII input, and a config
+/// file (or a SIGHUP) must not be able to stall or kill the server. Such
+/// filters remain available through `RUST_LOG`, the operator's own choice.
+fn check_log_filter(filter: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let is_level = |s: &str| LEVELS.iter().any(|l| l.eq_ignore_ascii_case(s));
+    let is_target = |s: &str| {
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-' | b'.'))
+    };
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let ok = match directive.split_once('=') {
+            Some((target, level)) => is_target(target.trim()) && is_level(level.trim()),
+            None => is_level(directive) || is_target(directive),
+        };
+        if !ok {
+            return Err(format!(
+                "{directive:?} is not a log directive: expected `level`, `target` or `target=level` \
+                 (levels: {}); span and field filters only through RUST_LOG",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `s` as a TOML string literal, quoted and escaped, so `--check` prints a
+/// file that parses back.
+pub(crate) fn quote(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
 }
 
 /// Parses `"500ms"`, `"10s"`, `"2m"`, `"1h"` (a bare number is seconds).
@@ -365,7 +403,7 @@ fn parse_ports(v: &toml::Value) -> Option<(u16, u16)> {
 impl fmt::Display for Config {
     /// The effective settings, in the config file's own syntax.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let listen: Vec<String> = self.listen.iter().map(|a| format!("\"{a}\"")).collect();
+        let listen: Vec<String> = self.listen.iter().map(|a| quote(&a.to_string())).collect();
         writeln!(f, "listen = [{}]", listen.join(", "))?;
         match self.external {
             External::Auto => writeln!(f, "external = \"auto\"")?,
@@ -378,7 +416,7 @@ impl fmt::Display for Config {
         writeln!(f, "ident_port = {}", self.ident_port)?;
         writeln!(f, "drain_timeout = \"{}\"", format_duration(self.drain_timeout))?;
         writeln!(f, "max_connections = {}", self.max_connections)?;
-        writeln!(f, "log = \"{}\"", self.log)?;
+        writeln!(f, "log = {}", quote(&self.log))?;
         if self.rules.rules.is_empty() {
             writeln!(f, "# no rules: every request is refused (91)")?;
         }
@@ -496,5 +534,24 @@ ident = "match"
         let c = Config::default();
         let again = Config::parse(&c.to_string(), "t.toml").unwrap();
         assert_eq!(again, c);
+    }
+
+    #[test]
+    fn log_filter_takes_plain_directives_only() {
+        for ok in ["info", "socks4_server=debug,warn", " off ", "tokio::net", ""] {
+            assert_eq!(check_log_filter(ok), Ok(()), "{ok:?}");
+        }
+        for bad in ["a[{s=Z*.Z}]=info", "\u{a0}\u{a0}x=1", "x=loud", "[span]"] {
+            assert!(check_log_filter(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(invalid("log = \"[x]\"\n").1, "log");
+    }
+
+    #[test]
+    fn quote_round_trips_through_toml() {
+        for text in ["say \"hi\" \\", "it's", "a'b\"c", "line\nbreak"] {
+            let table: toml::Table = toml::from_str(&format!("x = {}", quote(text))).unwrap();
+            assert_eq!(table["x"].as_str(), Some(text));
+        }
     }
 }

@@ -7,6 +7,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::{IpNet, Ipv4Net};
 use socks4_proto::Command;
 
+use crate::config::quote;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Allow,
@@ -151,11 +153,11 @@ impl fmt::Display for Rule {
     /// The rule in config file syntax.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fn list<T>(items: &[T], show: impl Fn(&T) -> String) -> String {
-            items.iter().map(|i| format!("\"{}\"", show(i))).collect::<Vec<_>>().join(", ")
+            items.iter().map(|i| quote(&show(i))).collect::<Vec<_>>().join(", ")
         }
         writeln!(f, "[[rule]]")?;
         if let Some(name) = &self.name {
-            writeln!(f, "name = \"{name}\"")?;
+            writeln!(f, "name = {}", quote(name))?;
         }
         writeln!(f, "action = \"{}\"", if self.action == Action::Allow { "allow" } else { "deny" })?;
         writeln!(f, "from = [{}]", list(&self.from, |n| n.to_string()))?;

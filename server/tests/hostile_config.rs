@@ -133,7 +133,6 @@ fn sighup_with_a_hostile_file_keeps_serving() {
 /// config "in the file's own syntax", but does not escape strings, so a rule
 /// name or user id holding `"` or `\` prints as a file that does not parse.
 #[test]
-#[ignore = "server bug: Config's Display (--check) does not escape strings (found by fuzz/config_parse)"]
 fn check_output_parses_back() {
     let dir = Dir::new("roundtrip");
     let path = dir.write("in.toml", b"[[rule]]\nname = \"say \\\"hi\\\"\"\naction = \"allow\"\nusers = [\"a\\\\b\"]\n");
@@ -147,7 +146,6 @@ fn check_output_parses_back() {
 /// Found by the config fuzz target: a value cut off by the end of the file
 /// gets an error with an empty message (`socks4d: FILE:1: liste: `).
 #[test]
-#[ignore = "server bug: config error at end of file has an empty message (toml gives \"\"; found by fuzz/config_parse)"]
 fn value_cut_off_at_end_of_file_has_a_message() {
     let dir = Dir::new("eof");
     for text in ["liste = ", "log = "] {
@@ -166,7 +164,6 @@ fn value_cut_off_at_end_of_file_has_a_message() {
 /// which `Config::parse` calls to validate the key. `--check` then dies with
 /// a panic (status 101) instead of naming file, line and key.
 #[test]
-#[ignore = "server bug: `log = \"\\u{a0}\\u{a0}x=1\"` panics in EnvFilter::try_new (found by fuzz/config_parse)"]
 fn non_ascii_log_filter_is_an_error_not_a_panic() {
     let dir = Dir::new("nbsp");
     let path = dir.write("log.toml", "log = \"\u{a0}\u{a0}x=1\"\n".as_bytes());
@@ -178,7 +175,6 @@ fn non_ascii_log_filter_is_an_error_not_a_panic() {
 /// The same file arriving by SIGHUP must be refused and logged while the
 /// server serves on; today the panic ends the whole daemon.
 #[test]
-#[ignore = "server bug: SIGHUP with `log = \"\\u{a0}\\u{a0}x=1\"` kills socks4d (panic in EnvFilter::try_new)"]
 fn sighup_with_a_non_ascii_log_filter_keeps_serving() {
     let echo = Echo::start();
     let mut d = Daemon::start(&config(""));
@@ -197,7 +193,6 @@ fn sighup_with_a_non_ascii_log_filter_keeps_serving() {
 /// SIGHUP take the same path. Run here under RLIMIT_AS 1 GiB and a 10 s
 /// limit: the config must be judged (accepted or refused) within them.
 #[test]
-#[ignore = "server bug: a `log` field-regex filter takes minutes and GBs to validate (found by fuzz/config_parse)"]
 fn log_filter_regex_cannot_blow_up() {
     let dir = Dir::new("regex");
     let path = dir.write("log.toml", format!("log = 'a[{{s=Z*{}Z}}]=info'\n", ".".repeat(20)).as_bytes());
