@@ -277,8 +277,30 @@ pub fn load() -> (Config, Option<ConfigError>) {
     (config, error)
 }
 
+/// Longer than any sane configuration; a larger "file" (`/dev/zero`) is an error, not a hang.
+const MAX_FILE: u64 = 1 << 20;
+
+/// Reads a configuration file without ever blocking the program: opened
+/// non-blocking (a FIFO nobody writes to would otherwise stop every
+/// preloaded program before `main`), refused unless it is a regular file,
+/// and read up to [`MAX_FILE`] bytes.
+fn read_text(path: &str) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut text = String::new();
+    file.take(MAX_FILE + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_FILE {
+        return Err(Error::new(ErrorKind::InvalidInput, format!("larger than {MAX_FILE} bytes")));
+    }
+    Ok(text)
+}
+
 fn read_file(path: &str, required: bool) -> (Partial, Option<ConfigError>) {
-    match std::fs::read_to_string(path) {
+    match read_text(path) {
         Ok(text) => match parse_file(path, &text) {
             Ok(p) => (p, None),
             Err(e) => (Partial::default(), Some(e)),

@@ -538,7 +538,6 @@ fn endless_config_file_is_refused() {
 /// when the library loads, with a blocking open, so every program started
 /// with the shim (even `timeout` or a shell) blocks before main, forever.
 #[test]
-#[ignore = "shim bug: SOCKS4_CONF naming a FIFO hangs every preloaded program at startup (blocking open/read in the constructor)"]
 fn fifo_config_does_not_hang_the_program() {
     let dir = TempDir::new("shim-faults-fifo");
     let fifo = dir.join("socks4.toml");
