@@ -92,3 +92,41 @@ impl Drop for Workers {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every thread gets a listener on the same port, and the kernel
+    /// spreads connections over them: with 32 clients, all landing on one
+    /// listener would mean the group does not work (odds 2^-31 otherwise).
+    #[test]
+    fn listeners_share_the_port_and_split_the_connections() {
+        let workers = Workers::start(2).unwrap();
+        let listeners = workers.listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_eq!(listeners.len(), 2);
+        let port = listeners[0].local_addr().unwrap().port();
+        assert_ne!(port, 0);
+        assert_eq!(listeners[1].local_addr().unwrap().port(), port);
+
+        let clients: Vec<_> = (0..32).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+        let accepted: Vec<usize> =
+            workers.handles().iter().zip(listeners).map(|(handle, listener)| accept_all(handle, listener)).collect();
+        assert_eq!(accepted.iter().sum::<usize>(), clients.len(), "{accepted:?}");
+        assert!(accepted.iter().all(|&n| n > 0), "one listener got every connection: {accepted:?}");
+    }
+
+    /// Accepts on the listener's own runtime (it is registered there) until
+    /// nothing more comes for half a second; returns how many.
+    fn accept_all(handle: &Handle, listener: TcpListener) -> usize {
+        let (tx, rx) = std::sync::mpsc::channel();
+        handle.spawn(async move {
+            let mut n = 0;
+            while let Ok(Ok(_)) = tokio::time::timeout(std::time::Duration::from_millis(500), listener.accept()).await {
+                n += 1;
+            }
+            let _ = tx.send(n);
+        });
+        rx.recv().unwrap()
+    }
+}
