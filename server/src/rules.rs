@@ -60,6 +60,8 @@ impl DestPattern {
                 // An address-looking word that did not parse (e.g. "::/0") is a typo, not a name.
                 && n.bytes().any(|b| b.is_ascii_alphabetic())
         };
+        // A rule about "example.com." is about "example.com" (requests are read the same way).
+        let s = s.strip_suffix('.').filter(|bare| !bare.is_empty()).unwrap_or(s);
         if let Some(domain) = s.strip_prefix("*.") {
             return is_name(domain).then(|| DestPattern::Suffix(format!(".{}", domain.to_ascii_lowercase())));
         }

@@ -88,7 +88,7 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, c
 }
 
 async fn handle(client: &mut TcpStream, peer: SocketAddr, local: SocketAddr, config: &Config, rec: &mut Record) {
-    let (request, leftover) = match timeout(config.handshake_timeout, read_request(client)).await {
+    let (mut request, leftover) = match timeout(config.handshake_timeout, read_request(client)).await {
         Err(_) => return rec.reason = "handshake timeout".into(),
         Ok(Err(ReadError::Closed)) => return rec.reason = "closed before the request ended".into(),
         Ok(Err(ReadError::Protocol(ProtocolError::BadVersion(v)))) => {
@@ -101,6 +101,13 @@ async fn handle(client: &mut TcpStream, peer: SocketAddr, local: SocketAddr, con
         }
         Ok(Ok(r)) => r,
     };
+    // "host." and "host" name the same host: one spelling for rules, lookups
+    // and logs, so a trailing dot cannot step around a rule about the name.
+    if let Destination::Name(name) = &mut request.destination
+        && let Some(bare) = name.strip_suffix('.')
+    {
+        *name = bare.to_owned();
+    }
     rec.user = request.user_id_lossy().into_owned();
     rec.command = Some(request.command);
     rec.dest = Some(format!("{}:{}", request.destination, request.port));

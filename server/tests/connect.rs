@@ -131,6 +131,20 @@ async fn socks4a_name_cannot_dodge_network_deny() {
 }
 
 #[tokio::test]
+async fn socks4a_trailing_dot_cannot_dodge_name_deny() {
+    let (dest, mut seen) = echo_server(Ipv4Addr::LOCALHOST).await;
+    let toml = "[[rule]]\naction = \"deny\"\nto = [\"localhost\"]\n[[rule]]\naction = \"allow\"\n";
+    let (_server, proxy) = start(toml).await;
+    let marker = SocketAddrV4::new(Ipv4Addr::new(0, 0, 0, 1), dest.port());
+    for name in ["localhost.", "LOCALHOST."] {
+        let mut c = send(proxy, &request(1, marker, b"", Some(name))).await;
+        assert_eq!(read_reply(&mut c).await, REJECTED, "{name}");
+        expect_closed(&mut c).await;
+    }
+    assert!(seen.try_recv().is_err());
+}
+
+#[tokio::test]
 async fn oversized_user_id_gets_91() {
     let (_server, proxy) = start(OPEN).await;
     let (dest, _seen) = echo_server(Ipv4Addr::LOCALHOST).await;
