@@ -363,7 +363,7 @@ fn the_proxy_itself_is_reached_directly() {
         (out, (server.accepted() > 0).then(|| server.next_conn().peer))
     };
     assert_eq!(out.stdout, "hello\n", "{out}");
-    assert_eq!(peer.map(|p| p.ip()), Some(IpAddr::from(EXTERNAL)));
+    assert_eq!(peer.map(|p| p.ip()), Some(EXTERNAL));
 }
 
 /// Signals during the exchange (EINTR) must not corrupt it. The fake proxy answers after 300 ms
