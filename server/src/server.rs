@@ -199,6 +199,14 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     kill: watch::Receiver<bool>,
 ) {
+    // Both are the same for every client of this listener, so they are
+    // asked for once here instead of per session (a syscall each, and the
+    // handshake rate is bound by syscalls): the address the client reached
+    // is the listener's unless the listener is on the unspecified address,
+    // and Linux copies TCP_NODELAY from a listening socket to the sockets
+    // it accepts.
+    let fixed_local = listener.local_addr().ok().filter(|a| !a.ip().is_unspecified());
+    let nodelay_inherited = set_listener_nodelay(&listener);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -225,17 +233,48 @@ async fn accept_loop(
         let mut kill = kill.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            let local = match stream.local_addr() {
-                Ok(a) => a,
-                Err(_) => return,
+            let local = match fixed_local {
+                Some(a) => a,
+                None => match stream.local_addr() {
+                    Ok(a) => a,
+                    Err(_) => return,
+                },
             };
-            let _ = stream.set_nodelay(true);
+            if !nodelay_inherited {
+                let _ = stream.set_nodelay(true);
+            }
             tokio::select! {
                 () = session::serve(stream, peer, local, &config) => {}
                 _ = kill.wait_for(|k| *k) => {}
             }
         });
     }
+}
+
+/// Sets TCP_NODELAY on a listening socket; true if its accepted sockets
+/// get it from there (Linux copies the option at accept), so that sessions
+/// need not set it one by one.
+#[cfg(target_os = "linux")]
+fn set_listener_nodelay(listener: &TcpListener) -> bool {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: the descriptor belongs to `listener`, alive for the whole call;
+    // the option value points to a c_int and its exact size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_listener_nodelay(_: &TcpListener) -> bool {
+    false
 }
 
 /// Answers 91 to a client over the session cap, in a small bounded task.
@@ -332,5 +371,24 @@ fn reload(path: Option<&std::path::Path>, listen_override: &[SocketAddr], listen
             tracing::error!(error = %e, "SIGHUP: bad config, keeping the old one");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sessions no longer set TCP_NODELAY themselves when the listener has
+    /// it: this holds only if accepted sockets really inherit it.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        assert!(!accepted.unwrap().0.nodelay().unwrap(), "off by default, or the test proves nothing");
+        assert!(set_listener_nodelay(&listener));
+        let (_client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        assert!(accepted.unwrap().0.nodelay().unwrap());
     }
 }
