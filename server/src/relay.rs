@@ -8,6 +8,7 @@
 //! relay holds neither a pipe nor a buffer.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -40,19 +41,32 @@ pub struct Traffic {
 pub async fn relay(client: &mut TcpStream, dest: &mut TcpStream, traffic: &mut Traffic) -> io::Result<()> {
     let (client_r, client_w) = client.split();
     let (dest_r, dest_w) = dest.split();
-    tokio::try_join!(pump(client_r, dest_w, &mut traffic.up), pump(dest_r, client_w, &mut traffic.down)).map(|_| ())
+    // Both pumps run in this one task; the flag tells the second one to end
+    // that it is the second (an atomic only because the future must be Send).
+    let one_done = AtomicBool::new(false);
+    tokio::try_join!(
+        pump(client_r, dest_w, &mut traffic.up, &one_done),
+        pump(dest_r, client_w, &mut traffic.down, &one_done)
+    )
+    .map(|_| ())
 }
 
-/// Moves one direction until EOF, then half-closes the writer.
-async fn pump(mut from: ReadHalf<'_>, mut to: WriteHalf<'_>, count: &mut u64) -> io::Result<()> {
+/// Moves one direction until EOF, then half-closes the writer, unless the
+/// other direction is already done (`one_done`): then the relay ends and
+/// both sockets are closed right after, and the close sends the FIN that
+/// the shutdown would have (the writer's own input has already reached
+/// EOF, so nothing unread is left to turn that close into a reset).
+async fn pump(mut from: ReadHalf<'_>, mut to: WriteHalf<'_>, count: &mut u64, one_done: &AtomicBool) -> io::Result<()> {
     // Wait for the first byte (or EOF) holding nothing: thousands of idle
     // relays then cost no pipe and no buffer, and a relay that only ever
     // closes never makes a pipe.
     if from.peek(&mut [0u8; 1]).await? > 0 {
         move_data(&mut from, &mut to, count).await?;
     }
-    // The peer may already be gone; its reset is not our error.
-    let _ = to.shutdown().await;
+    if !one_done.swap(true, Ordering::Relaxed) {
+        // The peer may already be gone; its reset is not our error.
+        let _ = to.shutdown().await;
+    }
     Ok(())
 }
 
