@@ -34,6 +34,8 @@ pub struct Traffic {
 /// say): then both connections are dropped, since a half that can no longer
 /// be delivered is not worth waiting for. `traffic` is counted as bytes
 /// are delivered, so it is right even if this future is dropped midway.
+/// The caller must close both sockets when this returns: the direction that
+/// ends last leaves its FIN to that close (see `pump`).
 ///
 /// # Errors
 ///
