@@ -1,10 +1,8 @@
 //! Runs pyftpdlib (tests/py/ftpd.py) and reads back, from its log, where the bytes went.
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::{ChildGuard, TempDir};
@@ -69,20 +67,7 @@ impl PyFtpd {
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(dir.join("ftpd.stderr")).expect("create ftpd stderr"));
         let mut child = ChildGuard::spawn("pyftpdlib", &mut cmd);
-        let stdout = child.child_mut().stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(port) = line.strip_prefix("port ")
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(port.trim().to_string());
-                }
-            }
-        });
-        let Ok(port) = rx.recv_timeout(Duration::from_secs(10)) else {
+        let Some(port) = child.stdout_line("port ", Duration::from_secs(10)) else {
             child.stop();
             panic!(
                 "pyftpdlib did not print its port; stderr:\n{}",

@@ -1,6 +1,6 @@
 //! Child processes killed by PID on drop, commands run with a hard timeout, free ports.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -39,6 +39,27 @@ impl ChildGuard {
 
     pub fn child_mut(&mut self) -> &mut Child {
         &mut self.child
+    }
+
+    /// The rest of the first line of the child's piped stdout that starts
+    /// with `prefix` (trimmed), or `None` if none came within `timeout`.
+    /// stdout keeps being drained afterwards, so the child never blocks on
+    /// a full pipe.
+    pub fn stdout_line(&mut self, prefix: &'static str, timeout: Duration) -> Option<String> {
+        let stdout = self.child.stdout.take().expect("the child's stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.trim().strip_prefix(prefix)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(rest.trim().to_string());
+                }
+            }
+        });
+        rx.recv_timeout(timeout).ok()
     }
 
     /// `Some(status)` once the child has exited.

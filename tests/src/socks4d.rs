@@ -1,9 +1,7 @@
 //! Runs the project's socks4d with a generated config and learns its bound address.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::{ChildGuard, TempDir, socks4d_binary};
@@ -75,24 +73,9 @@ impl Socks4d {
             .stdout(Stdio::piped())
             .stderr(log);
         let mut child = ChildGuard::spawn("socks4d", &mut cmd);
-        let stdout = child.child_mut().stdout.take().expect("piped stdout");
-
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            // Keep draining after the first line so socks4d never blocks or dies on a full pipe.
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.trim().strip_prefix("listening ")
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(addr) => addr,
-            Err(_) => {
+        let addr = match child.stdout_line("listening ", Duration::from_secs(10)) {
+            Some(addr) => addr,
+            None => {
                 let status = child.stop();
                 panic!(
                     "socks4d ({cmd:?}) printed no `listening <ADDR>` line within 10 s (exit: {status:?}); stderr:\n{}\nconfig:\n{config_toml}",
