@@ -40,10 +40,7 @@ impl Workers {
             done.push(tx);
             let thread = thread::Builder::new().name(format!("socks4d-{i}")).spawn(move || {
                 runtime.block_on(async {
-                    tokio::select! {
-                        _ = rx => {}
-                        () = keep_a_timer_armed() => {}
-                    }
+                    let _ = rx.await;
                 });
                 // A name lookup stuck on a blocking thread must not hold
                 // this thread (or the daemon's exit) up.
@@ -83,23 +80,6 @@ impl Workers {
         Ok(listeners)
     }
 }
-
-/// Keeps a timer due within [`TIMER_FLOOR`] in this thread's runtime at
-/// all times. tokio wakes its driver (an eventfd write, then one more
-/// epoll_wait round) whenever a timer is registered that is due before
-/// every timer the driver last parked with, which, with no timer at all,
-/// is every timer: each CONNECT's time limit, say. With this one always
-/// there, a limit of a second or more is due later and registers quietly.
-/// It costs one wake-up per [`TIMER_FLOOR`] on an idle thread.
-async fn keep_a_timer_armed() {
-    loop {
-        tokio::time::sleep(TIMER_FLOOR).await;
-    }
-}
-
-/// See [`keep_a_timer_armed`]; below the shortest time limit a session
-/// normally registers (CONNECT's is two minutes by default).
-const TIMER_FLOOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Drop for Workers {
     /// Waits for the threads, so that the sessions they cut have logged
