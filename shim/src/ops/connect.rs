@@ -16,21 +16,17 @@ use crate::{socks, sys};
 
 pub fn connect(fd: c_int, dest: SocketAddr) -> Verdict<c_int> {
     let config = config::get();
-    let route = route(config, &dest);
-    if route == Route::Direct {
-        // A socket bound before a direct connect is a client, not a listener to be.
-        if let Some(SocketState::BoundAnyPort { .. } | SocketState::FakeBound { .. }) = registry::global().get(fd) {
-            registry::global().remove(fd);
+    match route(config, &dest) {
+        Route::Direct => {
+            // A socket bound before a direct connect is a client, not a listener to be.
+            if let Some(SocketState::BoundAnyPort { .. } | SocketState::FakeBound { .. }) = registry::global().get(fd) {
+                registry::global().remove(fd);
+            }
+            debug!("connect to {dest}: direct");
+            Verdict::Pass
         }
-        debug!("connect to {dest}: direct");
-        return Verdict::Pass;
-    }
-    // UDP "connections" and other socket types are not ours.
-    if !sys::is_tcp(fd) {
-        return Verdict::Pass;
-    }
-    match route {
-        Route::Direct => Verdict::Pass,
+        // UDP "connections" and other socket types are not ours.
+        _ if !sys::is_tcp(fd) => Verdict::Pass,
         Route::Blocked => {
             error!("connect to {dest} refused: the shim's configuration is broken (see the error above)");
             Verdict::Fail(libc::EACCES)
