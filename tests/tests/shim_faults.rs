@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -83,6 +83,12 @@ enum Behaviour {
 }
 
 const GRANTED: &[u8] = b"\x00\x5a\x00\x00\x00\x00\x00\x00";
+
+/// socks4d for the working cases: its outside address differs from the client's (127.0.0.1), so
+/// the destination can tell a proxied connection from a direct one.
+const SOCKS4D_CONFIG: &str =
+    "external = \"127.0.0.2\"\n\n[[rule]]\naction = \"allow\"\nfrom = [\"127.0.0.0/8\"]\nto = [\"127.0.0.0/8\"]\n";
+const SOCKS4D_EXTERNAL: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
 /// A fake SOCKS server on loopback serving any number of clients with one
 /// behaviour; records the requests. Threads end when clients go.
@@ -209,7 +215,8 @@ fn serve(mut s: TcpStream, b: Behaviour, reqs: Arc<Mutex<Vec<Vec<u8>>>>) {
 /// the working cases, is reached only through socks4d).
 struct Destination {
     addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
+    /// Each accepted connection's peer address.
+    peers: Arc<Mutex<Vec<IpAddr>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -220,16 +227,16 @@ impl Destination {
         let listener = bind_retrying(Ipv4Addr::LOCALHOST);
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
+        let peers = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (acc, st) = (accepted.clone(), stop.clone());
+        let (ps, st) = (peers.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
-                let Ok((mut s, _)) = listener.accept() else {
+                let Ok((mut s, peer)) = listener.accept() else {
                     std::thread::sleep(Duration::from_millis(2));
                     continue;
                 };
-                acc.fetch_add(1, Ordering::SeqCst);
+                ps.lock().unwrap().push(peer.ip());
                 std::thread::spawn(move || {
                     s.set_nonblocking(false).unwrap();
                     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
@@ -242,11 +249,21 @@ impl Destination {
                 });
             }
         });
-        Destination { addr, accepted, stop, thread: Some(thread) }
+        Destination { addr, peers, stop, thread: Some(thread) }
     }
 
     fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
+        self.peers.lock().unwrap().len()
+    }
+
+    /// Asserts `n` connections arrived, every one from socks4d's external address (a direct
+    /// connection would come from 127.0.0.1).
+    fn assert_all_via_socks4d(&self, n: usize) {
+        let peers = self.peers.lock().unwrap();
+        assert!(
+            peers.len() == n && peers.iter().all(|p| *p == SOCKS4D_EXTERNAL),
+            "want {n} connections from {SOCKS4D_EXTERNAL}, got {peers:?}"
+        );
     }
 }
 
@@ -386,11 +403,11 @@ fn hundred_threads_connect_at_once() {
     drop(reqs);
 
     let dest = Destination::start();
-    let socks4d = Socks4d::start("[[rule]]\naction = \"allow\"\nfrom = [\"127.0.0.0/8\"]\nto = [\"127.0.0.0/8\"]\n");
+    let socks4d = Socks4d::start(SOCKS4D_CONFIG);
     let out = run(socks4d.addr, &["threads", "127.0.0.1", &dest.addr.port().to_string(), "100"], &[]);
     assert_finished(&out, "100 threads, socks4d");
     assert_eq!(get(&kv(&out), "ok", &out), "100", "{out}\nsocks4d:\n{}", socks4d.log());
-    assert_eq!(dest.accepted(), 100);
+    dest.assert_all_via_socks4d(100);
 }
 
 /// fork() while four threads keep making proxied connections: each child
@@ -399,7 +416,7 @@ fn hundred_threads_connect_at_once() {
 #[test]
 fn fork_during_activity() {
     let dest = Destination::start();
-    let socks4d = Socks4d::start("[[rule]]\naction = \"allow\"\nfrom = [\"127.0.0.0/8\"]\nto = [\"127.0.0.0/8\"]\n");
+    let socks4d = Socks4d::start(SOCKS4D_CONFIG);
     let out = run(socks4d.addr, &["fork", "127.0.0.1", &dest.addr.port().to_string(), "40"], &[]);
     assert_finished(&out, "fork during activity");
     let map = kv(&out);
@@ -408,7 +425,7 @@ fn fork_during_activity() {
     let hammer: usize = get(&map, "hammer_ok", &out).parse().unwrap();
     assert!(hammer > 0, "the threads made no connection\n{out}");
     // Every connection the destination saw came through socks4d.
-    assert_eq!(dest.accepted(), 40 + hammer);
+    dest.assert_all_via_socks4d(40 + hammer);
 }
 
 /// Fail closed: with the proxy down (or refusing), no way of connecting
