@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -59,14 +59,23 @@ pub fn bind_listener(ip: Ipv4Addr) -> io::Result<TcpListener> {
 }
 
 fn set_bind_address_no_port(socket: &TcpSocket) -> io::Result<()> {
+    enable_option(socket.as_raw_fd(), libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT)
+}
+
+/// Sets an int-valued socket option to 1 (on).
+///
+/// # Errors
+///
+/// The `setsockopt` error.
+pub(crate) fn enable_option(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
     let one: libc::c_int = 1;
-    // SAFETY: the descriptor belongs to `socket`, alive for the whole call;
-    // the option value points to a c_int and its exact size is passed.
+    // SAFETY: `fd` is an open socket of the caller's, alive for the whole
+    // call; the option value points to a c_int and its exact size is passed.
     let rc = unsafe {
         libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
+            fd,
+            level,
+            name,
             (&one as *const libc::c_int).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         )

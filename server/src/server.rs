@@ -257,19 +257,7 @@ async fn accept_loop(
 #[cfg(target_os = "linux")]
 fn set_listener_nodelay(listener: &TcpListener) -> bool {
     use std::os::fd::AsRawFd;
-    let one: libc::c_int = 1;
-    // SAFETY: the descriptor belongs to `listener`, alive for the whole call;
-    // the option value points to a c_int and its exact size is passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&one as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    rc == 0
+    crate::net::enable_option(listener.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY).is_ok()
 }
 
 #[cfg(not(target_os = "linux"))]
