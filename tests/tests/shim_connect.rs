@@ -453,6 +453,9 @@ out('still', peer_of(d))
     assert_eq!(get(&map, "after_close_range_fd", &out), "50");
     assert_eq!(get(&map, "after_close_range", &out), "ENOTCONN");
     assert_eq!(get(&map, "still", &out), dest);
+    // The peers above would read the same on a direct connection: the destination's view shows
+    // the socket was proxied.
+    assert_eq!(server.next_conn().peer.ip(), EXTERNAL, "{out}");
 }
 
 /// Many threads connecting at once through the proxy (bounded: 16 threads x 5 connections).
@@ -581,5 +584,6 @@ out('echo', s.recv(4).decode())
     assert_eq!(get(&map, "after", &out), dest, "the vfork child's closes must not reach the parent's state");
     assert_eq!(get(&map, "echo", &out), "ping");
     let conn = server.next_conn();
+    assert_eq!(conn.peer.ip(), EXTERNAL, "the connection went through the proxy: {out}");
     assert_eq!(addr(&map, "local", &out), conn.peer);
 }
