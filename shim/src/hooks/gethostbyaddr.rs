@@ -55,11 +55,11 @@ pub unsafe extern "C" fn gethostbyaddr_r(
     result: *mut *mut hostent,
     h_errnop: *mut c_int,
 ) -> c_int {
-    if !ret.is_null() && !buf.is_null() && !result.is_null() {
-        // SAFETY: pointers as the contract says (checked non-null).
-        if let Some(rc) = unsafe { reentrant_answer(answer(addr, len, af), ret, buf, buflen, result, h_errnop) } {
-            return rc;
-        }
+    // SAFETY: addr is valid for len bytes (contract).
+    let found = || unsafe { answer(addr, len, af) };
+    // SAFETY: the out-pointers as the contract says (reentrant_answer checks them for null).
+    if let Some(rc) = unsafe { reentrant_answer(found, ret, buf, buflen, result, h_errnop) } {
+        return rc;
     }
     // SAFETY: the program's own arguments.
     unsafe { real::gethostbyaddr_r(addr, len, af, ret, buf, buflen, result, h_errnop) }

@@ -24,12 +24,13 @@ pub(super) enum Answer {
 
 /// # Safety
 ///
-/// `name` is non-null and NUL-terminated.
+/// `name` is null or NUL-terminated.
 unsafe fn answer(name: *const c_char, af: c_int) -> Answer {
-    if af != libc::AF_INET && af != libc::AF_INET6 {
+    // A null name is the real function's to refuse.
+    if name.is_null() || (af != libc::AF_INET && af != libc::AF_INET6) {
         return Answer::Pass;
     }
-    // SAFETY: non-null and NUL-terminated (caller).
+    // SAFETY: non-null (checked) and NUL-terminated (caller).
     let name = unsafe { CStr::from_ptr(name) };
     match decide(|| ops::dns::lookup(name.to_bytes())) {
         Verdict::Pass => Answer::Pass,
@@ -94,20 +95,26 @@ pub(super) fn static_answer(found: Answer) -> Option<*mut hostent> {
     }
 }
 
-/// The reentrant answer, into the caller's `ret` and `buf`; None = pass.
+/// The reentrant answer, into the caller's `ret` and `buf`; None = pass. `found` runs only when
+/// the out-pointers are usable: a null one is the real function's to refuse, and no placeholder is
+/// taken for a call that cannot return it.
 ///
 /// # Safety
 ///
-/// The gethostbyname_r contract for `ret`, `buf`/`buflen`, `result` and `h_errnop`.
+/// The gethostbyname_r contract for `ret`, `buf`/`buflen`, `result` and `h_errnop`, except that
+/// `ret`, `buf` and `result` may be null.
 pub(super) unsafe fn reentrant_answer(
-    found: Answer,
+    found: impl FnOnce() -> Answer,
     ret: *mut hostent,
     buf: *mut c_char,
     buflen: size_t,
     result: *mut *mut hostent,
     h_errnop: *mut c_int,
 ) -> Option<c_int> {
-    let (h_errno, rc) = match found {
+    if ret.is_null() || buf.is_null() || result.is_null() {
+        return None;
+    }
+    let (h_errno, rc) = match found() {
         Answer::Pass => return None,
         Answer::NotFound(h) => (h, 0),
         Answer::Found(ip, name) => {
@@ -142,11 +149,9 @@ pub(super) unsafe fn reentrant_answer(
 /// The gethostbyname(3) contract: `name` is NUL-terminated.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn gethostbyname(name: *const c_char) -> *mut hostent {
-    if !name.is_null() {
-        // SAFETY: non-null and NUL-terminated (contract).
-        if let Some(h) = static_answer(unsafe { answer(name, libc::AF_INET) }) {
-            return h;
-        }
+    // SAFETY: null or NUL-terminated (contract).
+    if let Some(h) = static_answer(unsafe { answer(name, libc::AF_INET) }) {
+        return h;
     }
     // SAFETY: the program's own argument.
     unsafe { real_ptr::gethostbyname(name) }
@@ -157,11 +162,9 @@ pub unsafe extern "C" fn gethostbyname(name: *const c_char) -> *mut hostent {
 /// The gethostbyname2(3) contract: `name` is NUL-terminated.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn gethostbyname2(name: *const c_char, af: c_int) -> *mut hostent {
-    if !name.is_null() {
-        // SAFETY: non-null and NUL-terminated (contract).
-        if let Some(h) = static_answer(unsafe { answer(name, af) }) {
-            return h;
-        }
+    // SAFETY: null or NUL-terminated (contract).
+    if let Some(h) = static_answer(unsafe { answer(name, af) }) {
+        return h;
     }
     // SAFETY: the program's own arguments.
     unsafe { real_ptr::gethostbyname2(name, af) }
@@ -179,11 +182,11 @@ pub unsafe extern "C" fn gethostbyname_r(
     result: *mut *mut hostent,
     h_errnop: *mut c_int,
 ) -> c_int {
-    if !name.is_null() && !ret.is_null() && !buf.is_null() && !result.is_null() {
-        // SAFETY: pointers as the contract says (checked non-null).
-        if let Some(rc) = unsafe { reentrant_answer(answer(name, libc::AF_INET), ret, buf, buflen, result, h_errnop) } {
-            return rc;
-        }
+    // SAFETY: name is null or NUL-terminated (contract).
+    let found = || unsafe { answer(name, libc::AF_INET) };
+    // SAFETY: the out-pointers as the contract says (reentrant_answer checks them for null).
+    if let Some(rc) = unsafe { reentrant_answer(found, ret, buf, buflen, result, h_errnop) } {
+        return rc;
     }
     // SAFETY: the program's own arguments.
     unsafe { real::gethostbyname_r(name, ret, buf, buflen, result, h_errnop) }
@@ -202,11 +205,11 @@ pub unsafe extern "C" fn gethostbyname2_r(
     result: *mut *mut hostent,
     h_errnop: *mut c_int,
 ) -> c_int {
-    if !name.is_null() && !ret.is_null() && !buf.is_null() && !result.is_null() {
-        // SAFETY: pointers as the contract says (checked non-null).
-        if let Some(rc) = unsafe { reentrant_answer(answer(name, af), ret, buf, buflen, result, h_errnop) } {
-            return rc;
-        }
+    // SAFETY: name is null or NUL-terminated (contract).
+    let found = || unsafe { answer(name, af) };
+    // SAFETY: the out-pointers as the contract says (reentrant_answer checks them for null).
+    if let Some(rc) = unsafe { reentrant_answer(found, ret, buf, buflen, result, h_errnop) } {
+        return rc;
     }
     // SAFETY: the program's own arguments.
     unsafe { real::gethostbyname2_r(name, af, ret, buf, buflen, result, h_errnop) }
