@@ -4,11 +4,9 @@
 //! /etc/hosts and /etc/resolv.conf the tests write (`ip netns exec` bind-mounts
 //! /etc/netns/<ns>/{hosts,resolv.conf} over them).
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use socks4_tests::{
@@ -124,7 +122,7 @@ impl DnsListener {
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(dir.join("dns.stderr")).expect("dns stderr"));
         let mut child = ChildGuard::spawn("dns listener", &mut cmd);
-        wait_for_line(&mut child, "ready", Duration::from_secs(10)).unwrap_or_else(|| {
+        child.stdout_line("ready", Duration::from_secs(10)).unwrap_or_else(|| {
             panic!("DNS listener not ready: {}", std::fs::read_to_string(dir.join("dns.stderr")).unwrap_or_default())
         });
         DnsListener { log, _child: child, _dir: dir }
@@ -133,25 +131,6 @@ impl DnsListener {
     fn queries(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
-}
-
-/// Waits for `want` as a line of the child's stdout (kept drained afterwards).
-fn wait_for_line(child: &mut ChildGuard, want: &str, timeout: Duration) -> Option<()> {
-    let stdout = child.child_mut().stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    let want = want.to_string();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if line.trim() == want
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(timeout).ok()
 }
 
 /// The firewall topology with remote DNS set up: the client knows no names (its resolver is the
