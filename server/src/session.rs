@@ -40,6 +40,14 @@ struct Record {
     finished: bool,
 }
 
+impl Record {
+    /// Notes the deciding rule, with its name if it has one.
+    fn set_rule(&mut self, rule: Option<usize>, config: &Config) {
+        self.rule = rule;
+        self.rule_name = rule.and_then(|i| config.rules.rules[i].name.clone());
+    }
+}
+
 impl Drop for Record {
     fn drop(&mut self) {
         if !self.finished && self.reason.is_empty() {
@@ -158,13 +166,11 @@ async fn handle(client: &mut TcpStream, peer: SocketAddr, local: SocketAddr, con
         }
     }
     let Some(decision) = decision else {
-        rec.rule = refusal.and_then(|d| d.rule);
-        rec.rule_name = rec.rule.and_then(|i| config.rules.rules[i].name.clone());
+        rec.set_rule(refusal.and_then(|d| d.rule), config);
         rec.reason = "refused by rules".into();
         return refuse(client, rec, ReplyCode::Rejected).await;
     };
-    rec.rule = decision.rule;
-    rec.rule_name = decision.rule.and_then(|i| config.rules.rules[i].name.clone());
+    rec.set_rule(decision.rule, config);
 
     if let Some(code) = check_ident(&decision, peer, local, &request.user_id, config, rec).await {
         return refuse(client, rec, code).await;
