@@ -248,7 +248,7 @@ impl Echo {
                         acc.fetch_add(1, Ordering::SeqCst);
                         std::thread::spawn(move || echo(s));
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+                    // WouldBlock (nothing to accept yet) or a passing error alike.
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
