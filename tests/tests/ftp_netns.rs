@@ -22,9 +22,10 @@ action = "allow"
 from = ["10.77.1.0/24"]
 "#;
 
-fn socks4d_in(topo: &Topology) -> Socks4d {
+/// socks4d with `config` on the proxy's inside address, in the proxy namespace.
+fn socks4d_in(topo: &Topology, config: &str) -> Socks4d {
     Socks4d::start_with(
-        CONFIG,
+        config,
         &Socks4dOptions {
             listen: Some(SocketAddr::new(topo.proxy_inside_ip, SOCKS_PORT).to_string()),
             netns: Some(topo.proxy.name().to_string()),
@@ -73,7 +74,7 @@ fn client_cannot_reach_the_server_without_the_proxy() {
 
 fn shim_through_socks4d(client: FtpClient) {
     let topo = Topology::firewall();
-    let socks4d = socks4d_in(&topo);
+    let socks4d = socks4d_in(&topo, CONFIG);
     let case = ActiveFtp {
         ftpd_netns: Some(topo.server.name()),
         ..ActiveFtp::new(client, topo.server_ip, topo.proxy_outside_ip)
@@ -99,7 +100,7 @@ fn shim_lftp_active_through_socks4d_firewall() {
 #[test]
 fn socksify_inetutils_ftp_active_through_socks4d_firewall() {
     let topo = Topology::firewall();
-    let socks4d = socks4d_in(&topo);
+    let socks4d = socks4d_in(&topo, CONFIG);
     let dir = TempDir::new("socksify-fw");
     let case = ActiveFtp {
         ftpd_netns: Some(topo.server.name()),
@@ -141,7 +142,8 @@ fn socksify_inetutils_ftp_active_through_danted_firewall() {
 #[test]
 fn refused_bind_stops_active_ftp_without_a_bypass() {
     let topo = Topology::firewall();
-    let socks4d = Socks4d::start_with(
+    let socks4d = socks4d_in(
+        &topo,
         r#"
 [[rule]]
 name = "connect only"
@@ -149,11 +151,6 @@ action = "allow"
 from = ["10.77.1.0/24"]
 commands = ["connect"]
 "#,
-        &Socks4dOptions {
-            listen: Some(SocketAddr::new(topo.proxy_inside_ip, SOCKS_PORT).to_string()),
-            netns: Some(topo.proxy.name().to_string()),
-            rust_log: None,
-        },
     );
     let dir = TempDir::new("fw-nobind");
     let root = dir.join("root");
