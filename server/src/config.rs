@@ -295,11 +295,8 @@ impl Cx<'_> {
     }
 
     fn rule(&self, raw: RawRule) -> Result<Rule, ConfigError> {
-        let action = match raw.action.get_ref().as_str() {
-            "allow" => Action::Allow,
-            "deny" => Action::Deny,
-            _ => return Err(self.error(raw.action.span(), Some("action"), "expected \"allow\" or \"deny\"".into())),
-        };
+        let action = Action::from_name(raw.action.get_ref())
+            .ok_or_else(|| self.error(raw.action.span(), Some("action"), "expected \"allow\" or \"deny\"".into()))?;
         let mut rule = Rule::new(action);
         rule.name = raw.name;
         if let Some(from) = raw.from {
@@ -338,18 +335,9 @@ impl Cx<'_> {
             })?;
         }
         if let Some(ident) = raw.ident {
-            rule.ident = match ident.get_ref().as_str() {
-                "off" => IdentMode::Off,
-                "require" => IdentMode::Require,
-                "match" => IdentMode::Match,
-                _ => {
-                    return Err(self.error(
-                        ident.span(),
-                        Some("ident"),
-                        "expected \"off\", \"require\" or \"match\"".into(),
-                    ));
-                }
-            };
+            rule.ident = IdentMode::from_name(ident.get_ref()).ok_or_else(|| {
+                self.error(ident.span(), Some("ident"), "expected \"off\", \"require\" or \"match\"".into())
+            })?;
         }
         Ok(rule)
     }

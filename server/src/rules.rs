@@ -15,6 +15,21 @@ pub enum Action {
     Deny,
 }
 
+impl Action {
+    /// Its word in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        }
+    }
+
+    /// The inverse of [`Action::name`].
+    pub fn from_name(s: &str) -> Option<Action> {
+        [Action::Allow, Action::Deny].into_iter().find(|a| a.name() == s)
+    }
+}
+
 /// What IDENT (RFC 1413) a matching rule asks for, from least to most strict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub enum IdentMode {
@@ -25,6 +40,22 @@ pub enum IdentMode {
     Require,
     /// As `Require`, and its user id must equal the request's USERID; otherwise 93.
     Match,
+}
+
+impl IdentMode {
+    /// Its word in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            IdentMode::Off => "off",
+            IdentMode::Require => "require",
+            IdentMode::Match => "match",
+        }
+    }
+
+    /// The inverse of [`IdentMode::name`].
+    pub fn from_name(s: &str) -> Option<IdentMode> {
+        [IdentMode::Off, IdentMode::Require, IdentMode::Match].into_iter().find(|m| m.name() == s)
+    }
 }
 
 /// One entry of a rule's `to` list.
@@ -161,7 +192,7 @@ impl fmt::Display for Rule {
         if let Some(name) = &self.name {
             writeln!(f, "name = {}", quote(name))?;
         }
-        writeln!(f, "action = \"{}\"", if self.action == Action::Allow { "allow" } else { "deny" })?;
+        writeln!(f, "action = \"{}\"", self.action.name())?;
         writeln!(f, "from = [{}]", list(&self.from, |n| n.to_string()))?;
         writeln!(f, "to = [{}]", list(&self.to, |p| p.to_string()))?;
         let ports = list(&self.ports, |&(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") });
@@ -172,12 +203,7 @@ impl fmt::Display for Rule {
             UserPattern::Exact(id) => String::from_utf8_lossy(id).into_owned(),
         });
         writeln!(f, "users = [{users}]")?;
-        let ident = match self.ident {
-            IdentMode::Off => "off",
-            IdentMode::Require => "require",
-            IdentMode::Match => "match",
-        };
-        writeln!(f, "ident = \"{ident}\"")
+        writeln!(f, "ident = \"{}\"", self.ident.name())
     }
 }
 
