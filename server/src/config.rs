@@ -14,6 +14,11 @@ use toml::Spanned;
 
 use crate::rules::{Action, DestPattern, IdentMode, Rule, Rules, UserPattern};
 
+/// `busy_poll_us` unless the file says otherwise (see `busy_poll.rs`).
+pub const DEFAULT_BUSY_POLL_US: u32 = 100;
+/// Polling longer than this after each burst of work would mostly burn CPU.
+const MAX_BUSY_POLL_US: u32 = 10_000;
+
 /// Where outgoing connections and BIND listeners live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum External {
@@ -42,6 +47,9 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Cap on concurrent sessions; a client over it gets 91.
     pub max_connections: usize,
+    /// How long a session thread keeps polling after work before it
+    /// sleeps, in microseconds (0: it sleeps at once). See `busy_poll.rs`.
+    pub busy_poll_us: u32,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
     pub log: String,
     pub rules: Rules,
@@ -61,6 +69,7 @@ impl Default for Config {
             ident_port: 113,
             drain_timeout: Duration::from_secs(5),
             max_connections: 10_000,
+            busy_poll_us: DEFAULT_BUSY_POLL_US,
             log: "info".into(),
             rules: Rules {
                 rules: vec![Rule {
@@ -159,6 +168,16 @@ impl Config {
                 .filter(|&m| m > 0)
                 .ok_or_else(|| cx.error(max.span(), Some("max_connections"), "expected a number above 0".into()))?;
         }
+        if let Some(us) = raw.busy_poll_us {
+            config.busy_poll_us =
+                u32::try_from(*us.get_ref()).ok().filter(|&us| us <= MAX_BUSY_POLL_US).ok_or_else(|| {
+                    cx.error(
+                        us.span(),
+                        Some("busy_poll_us"),
+                        format!("expected microseconds from 0 (off) to {MAX_BUSY_POLL_US}"),
+                    )
+                })?;
+        }
         if let Some(log) = raw.log {
             check_log_filter(log.get_ref()).map_err(|m| cx.error(log.span(), Some("log"), m))?;
             config.log = log.into_inner();
@@ -252,6 +271,7 @@ struct RawConfig {
     drain_timeout: Option<Spanned<String>>,
     ident_port: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
+    busy_poll_us: Option<Spanned<i64>>,
     log: Option<Spanned<String>>,
     #[serde(default)]
     rule: Vec<RawRule>,
@@ -404,6 +424,7 @@ impl fmt::Display for Config {
         writeln!(f, "ident_port = {}", self.ident_port)?;
         writeln!(f, "drain_timeout = \"{}\"", format_duration(self.drain_timeout))?;
         writeln!(f, "max_connections = {}", self.max_connections)?;
+        writeln!(f, "busy_poll_us = {}", self.busy_poll_us)?;
         writeln!(f, "log = {}", quote(&self.log))?;
         if self.rules.rules.is_empty() {
             writeln!(f, "# no rules: every request is refused (91)")?;
@@ -447,6 +468,7 @@ ident_timeout = "4s"
 ident_port = 1113
 drain_timeout = "1h"
 max_connections = 7
+busy_poll_us = 0
 log = "debug"
 [[rule]]
 name = "lan"
@@ -468,6 +490,7 @@ ident = "match"
         assert_eq!(c.ident_port, 1113);
         assert_eq!(c.drain_timeout, Duration::from_secs(3600));
         assert_eq!(c.max_connections, 7);
+        assert_eq!(c.busy_poll_us, 0);
         let r = &c.rules.rules[0];
         assert_eq!(r.name.as_deref(), Some("lan"));
         assert_eq!(r.action, Action::Deny);
@@ -494,6 +517,8 @@ ident = "match"
         assert_eq!(invalid("[[rule]]\naction = \"allow\"\ncommands = [\"udp\"]\n").1, "commands");
         assert_eq!(invalid("[[rule]]\naction = \"allow\"\nusers = []\n").1, "users");
         assert_eq!(invalid("max_connections = 0\n").1, "max_connections");
+        assert_eq!(invalid("busy_poll_us = 10001\n").1, "busy_poll_us");
+        assert_eq!(invalid("busy_poll_us = -1\n").1, "busy_poll_us");
         assert_eq!(invalid("external = \"::1\"\n").1, "external");
         // TEST-NET-1 is nobody's local address.
         assert_eq!(

@@ -16,6 +16,7 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::busy_poll;
 use crate::config::Config;
 use crate::session;
 use crate::workers::Workers;
@@ -52,7 +53,7 @@ pub struct Server {
     kill: watch::Sender<bool>,
     accept_tasks: Vec<JoinHandle<()>>,
     /// The session threads of [`Server::bind_per_core`]; dropped last.
-    _workers: Option<Workers>,
+    workers: Option<Workers>,
 }
 
 impl Server {
@@ -81,7 +82,7 @@ impl Server {
     /// If the threads cannot start, or the first address that cannot be
     /// bound, named in the error.
     pub async fn bind_per_core(config: Config, threads: usize) -> io::Result<Server> {
-        let workers = Workers::start(threads)?;
+        let workers = Workers::start(threads, config.busy_poll_us)?;
         let mut listeners = Vec::new();
         let mut local_addrs = Vec::new();
         for addr in &config.listen {
@@ -124,9 +125,11 @@ impl Server {
         let (kill, _) = watch::channel(false);
         let accept_tasks = listeners
             .into_iter()
-            .map(|(rt, l)| rt.spawn(accept_loop(l, shared.clone(), stop.subscribe(), kill.subscribe())))
+            .map(|(rt, l)| {
+                rt.spawn(busy_poll::counted(accept_loop(l, shared.clone(), stop.subscribe(), kill.subscribe())))
+            })
             .collect();
-        Server { local_addrs, shared, stop, kill, accept_tasks, _workers: workers }
+        Server { local_addrs, shared, stop, kill, accept_tasks, workers }
     }
 
     /// The addresses actually listened on (port 0 resolved).
@@ -137,6 +140,9 @@ impl Server {
     /// Replaces the configuration for sessions accepted from now on; live
     /// sessions keep the one they started with. Listeners stay as they are.
     pub fn reload(&self, config: Config) {
+        if let Some(workers) = &self.workers {
+            workers.set_busy_poll(config.busy_poll_us);
+        }
         *self.shared.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
     }
 
@@ -231,7 +237,7 @@ async fn accept_loop(
         }
         let guard = ActiveGuard(shared.clone());
         let mut kill = kill.clone();
-        tokio::spawn(async move {
+        tokio::spawn(busy_poll::counted(async move {
             let _guard = guard;
             let local = match fixed_local {
                 Some(a) => a,
@@ -247,7 +253,7 @@ async fn accept_loop(
                 () = session::serve(stream, peer, local, &config) => {}
                 _ = kill.wait_for(|k| *k) => {}
             }
-        });
+        }));
     }
 }
 
