@@ -455,3 +455,44 @@ fn sighup_applies_the_log_level() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The server's CPU time so far (user + system), from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
+/// Busy polling (on by default) keeps a thread polling while CONNECTs come
+/// back to back, but must stop once they stop: an idle server that kept
+/// polling would burn a core.
+#[test]
+fn busy_polling_stops_when_the_traffic_stops() {
+    let dir = TempDir::new("busy-poll");
+    let path = dir.write("c.toml", ALLOW);
+    let daemon = Daemon::start_with_log(&dir, &path, Some("warn"));
+    let dest = echo();
+    let pid = daemon.child.id();
+    let before = cpu_time(pid);
+    let start = Instant::now();
+    for _ in 0..1000 {
+        let (_s, code) = connect(daemon.addr, dest);
+        assert_eq!(code, 90);
+    }
+    let busy = cpu_time(pid) - before;
+    assert!(busy > Duration::ZERO, "no CPU time measured for 1,000 CONNECTs: the test cannot see polling");
+
+    std::thread::sleep(Duration::from_millis(300));
+    let idle_from = cpu_time(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = cpu_time(pid) - idle_from;
+    assert!(
+        idle <= Duration::from_millis(50),
+        "{idle:?} of CPU in 1 s idle (1,000 CONNECTs took {busy:?} over {:?})",
+        start.elapsed()
+    );
+}
