@@ -28,13 +28,18 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
+
+use pin_project_lite::pin_project;
 
 thread_local! {
     /// Polls of counted tasks on this thread so far.
     static WORK: Cell<u64> = const { Cell::new(0) };
+    /// Set during a counted task's poll if that poll only moved relay data.
+    static RELAY_ONLY: Cell<bool> = const { Cell::new(false) };
     static SPIN: RefCell<Spin> =
         const { RefCell::new(Spin { seen: 0, window_us: 0, until: None, slept_at: None, waker: None }) };
 }
@@ -52,14 +57,62 @@ struct Spin {
     waker: Option<Waker>,
 }
 
-/// Runs `future`, opening this thread's polling window at each of its polls.
-pub(crate) async fn counted<F: Future>(future: F) -> F::Output {
-    let mut future = std::pin::pin!(future);
-    std::future::poll_fn(move |cx| {
-        WORK.set(WORK.get().wrapping_add(1));
-        future.as_mut().poll(cx)
-    })
-    .await
+pin_project! {
+    /// A task whose polls open this thread's polling window; see [`counted`].
+    pub(crate) struct Counted<F> {
+        #[pin]
+        future: F,
+    }
+}
+
+/// Runs `future`, opening this thread's polling window at each of its polls
+/// unless the poll only moved relay data (see [`relaying`]).
+pub(crate) fn counted<F: Future>(future: F) -> Counted<F> {
+    Counted { future }
+}
+
+impl<F: Future> Future for Counted<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        RELAY_ONLY.set(false);
+        let polled = self.project().future.poll(cx);
+        if !RELAY_ONLY.take() {
+            WORK.set(WORK.get().wrapping_add(1));
+        }
+        polled
+    }
+}
+
+pin_project! {
+    /// A relay inside a counted task; see [`relaying`].
+    pub(crate) struct Relaying<F> {
+        #[pin]
+        future: F,
+        started: bool,
+    }
+}
+
+/// Marks `relay` as data moving, which opens no window: polling after each
+/// chunk of a bulk stream would take CPU from the programs at both ends (a
+/// few percent of throughput, measured) to save wake-ups that cost little
+/// next to the data. The poll that starts the relay, and the one that ends
+/// it, still count: they are the session's own steps.
+pub(crate) fn relaying<F: Future>(relay: F) -> Relaying<F> {
+    Relaying { future: relay, started: false }
+}
+
+impl<F: Future> Future for Relaying<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let polled = this.future.poll(cx);
+        if polled.is_pending() && std::mem::replace(this.started, true) {
+            RELAY_ONLY.set(true);
+        }
+        polled
+    }
 }
 
 /// The task [`before_park`] wakes to keep the runtime from sleeping; spawn
@@ -185,6 +238,31 @@ mod tests {
         work_every(Duration::from_millis(60), 3);
         let rare = polls.load(Ordering::Relaxed);
         assert!(rare <= 3, "polled {rare} times between rare events");
+    }
+
+    /// Polls that only move relay data leave the work count alone; the
+    /// poll that starts the relay and the one that ends it count.
+    #[test]
+    fn relay_polls_open_no_window() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
+        let task = runtime.spawn(counted(async move {
+            // The "handshake" step, then a relay that runs until told to end.
+            tokio::task::yield_now().await;
+            relaying(async move { while rx.recv().await == Some(false) {} }).await;
+        }));
+        let work = || runtime.block_on(async { WORK.get() });
+        let settle = || runtime.block_on(async { tokio::time::sleep(Duration::from_millis(5)).await });
+        settle();
+        let started = work();
+        for _ in 0..10 {
+            tx.send(false).unwrap();
+            settle();
+        }
+        assert_eq!(work(), started, "relay-only polls opened the window");
+        tx.send(true).unwrap();
+        runtime.block_on(task).unwrap();
+        assert_eq!(work(), started + 1, "the poll that ends the relay must count");
     }
 
     #[test]

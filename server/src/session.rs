@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use crate::busy_poll;
 use crate::config::Config;
 use crate::ident;
 use crate::net;
@@ -387,7 +388,7 @@ async fn relay_with(client: &mut TcpStream, dest: &mut TcpStream, leftover: &[u8
         }
         rec.traffic.up += leftover.len() as u64;
     }
-    if let Err(e) = relay::relay(client, dest, &mut rec.traffic).await {
+    if let Err(e) = busy_poll::relaying(relay::relay(client, dest, &mut rec.traffic)).await {
         rec.reason = format!("relay: {e}");
     }
 }
