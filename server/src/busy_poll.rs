@@ -17,7 +17,8 @@
 //! coming. Its length adapts the way Linux's guest halt-polling does: a
 //! thread that polled in vain and then slept longer than the longest window
 //! halves it (down to none: traffic too sparse for polling to catch), and
-//! one woken within the longest window doubles it (up to `busy_poll_us`).
+//! one whose next work came within the longest window doubles it (up to
+//! `busy_poll_us`).
 //! An idle server spends nothing; sparse traffic soon costs nothing either.
 //!
 //! How, with tokio's public API only: the runtime calls [`before_park`]
@@ -165,6 +166,10 @@ pub(crate) fn before_park(longest_us: &AtomicU32) {
 /// The next window after sleeping `slept` with `window`: wider if a longer
 /// one would have caught the work, narrower if none would have.
 fn adapt(window: u32, slept: Duration, longest: u32) -> u32 {
+    if longest == 0 {
+        // Turned off (SIGHUP) while the thread slept.
+        return 0;
+    }
     let start = (longest / 8).max(1);
     if slept <= Duration::from_micros(u64::from(longest)) {
         window.saturating_mul(2).clamp(start, longest)
@@ -193,8 +198,11 @@ mod tests {
         assert_eq!(adapt(24, ms(5), 100), 12);
         assert_eq!(adapt(12, ms(5), 100), 0);
         assert_eq!(adapt(0, ms(5), 100), 0);
-        // A window is never wider than the longest, which may have shrunk.
+        // A window is never wider than the longest, which may have shrunk,
+        // even to nothing.
         assert_eq!(adapt(100, ms(0), 40), 40);
+        assert_eq!(adapt(100, ms(0), 0), 0);
+        assert_eq!(adapt(0, ms(0), 3), 1);
     }
 
     /// A runtime with the hooks and a spinner that counts its polls; one
