@@ -372,6 +372,18 @@ fn reload(path: Option<&std::path::Path>, listen_override: &[SocketAddr], listen
 mod tests {
     use super::*;
 
+    /// SIGHUP's reload reaches the session threads' polling window.
+    #[tokio::test]
+    async fn reload_changes_busy_polling() {
+        let config = Config { listen: vec!["127.0.0.1:0".parse().unwrap()], ..Config::default() };
+        assert_eq!(config.busy_poll_us, crate::config::DEFAULT_BUSY_POLL_US);
+        let server = Server::bind_per_core(config.clone(), 2).await.unwrap();
+        let window = |s: &Server| s.workers.as_ref().unwrap().busy_poll();
+        assert_eq!(window(&server), crate::config::DEFAULT_BUSY_POLL_US);
+        server.reload(Config { busy_poll_us: 0, ..config });
+        assert_eq!(window(&server), 0);
+    }
+
     /// Sessions no longer set TCP_NODELAY themselves when the listener has
     /// it: this holds only if accepted sockets really inherit it.
     #[cfg(target_os = "linux")]

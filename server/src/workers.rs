@@ -77,6 +77,11 @@ impl Workers {
         self.busy_poll_us.store(us, Ordering::Relaxed);
     }
 
+    /// The busy-polling window of every thread.
+    pub(crate) fn busy_poll(&self) -> u32 {
+        self.busy_poll_us.load(Ordering::Relaxed)
+    }
+
     /// The runtimes, one per thread.
     pub(crate) fn handles(&self) -> &[Handle] {
         &self.handles
