@@ -78,6 +78,7 @@ impl Workers {
     }
 
     /// The busy-polling window of every thread.
+    #[cfg(test)]
     pub(crate) fn busy_poll(&self) -> u32 {
         self.busy_poll_us.load(Ordering::Relaxed)
     }
