@@ -44,7 +44,7 @@ fn faultc() -> &'static Path {
     })
 }
 
-/// Binds 127.0.0.1:0, retrying for a while: a benchmark running on the same
+/// Binds `ip:0`, retrying for a while: a benchmark running on the same
 /// machine can hold every ephemeral port in TIME_WAIT for a minute.
 fn bind_retrying(ip: Ipv4Addr) -> TcpListener {
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -93,10 +93,8 @@ static int do_connect(void) {
     return fd;
 }
 
-static int mode_connect(void) {
-    double t0 = now_ms();
-    int fd = do_connect();
-    printf("elapsed_ms=%.0f\n", now_ms() - t0);
+/* Prints how a connect ended: its errno, or whether the echo came back. */
+static int report(int fd) {
     if (fd < 0) {
         printf("errno=%s\n", ename(-fd));
         return 0;
@@ -104,6 +102,13 @@ static int mode_connect(void) {
     printf("echo=%s\n", echo_check(fd, "ping", 4) == 0 ? "ok" : "bad");
     close(fd);
     return 0;
+}
+
+static int mode_connect(void) {
+    double t0 = now_ms();
+    int fd = do_connect();
+    printf("elapsed_ms=%.0f\n", now_ms() - t0);
+    return report(fd);
 }
 
 static int mode_nonblock(void) {
@@ -184,13 +189,7 @@ static int mode_signals(void) {
     struct itimerval off = {{0, 0}, {0, 0}};
     setitimer(ITIMER_REAL, &off, NULL);
     printf("signals=%d\n", atomic_load(&alarms));
-    if (fd < 0) {
-        printf("errno=%s\n", ename(-fd));
-        return 0;
-    }
-    printf("echo=%s\n", echo_check(fd, "ping", 4) == 0 ? "ok" : "bad");
-    close(fd);
-    return 0;
+    return report(fd);
 }
 
 static atomic_int ok_count;
