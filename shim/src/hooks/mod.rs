@@ -51,6 +51,31 @@ fn note(op: impl FnOnce()) {
     sys::set_errno(saved);
 }
 
+/// getsockname/getpeername: asks `lookup` for the address to report, writes
+/// it to `addr`/`len`, or leaves the call to `real`. A null buffer goes to
+/// `real` too: it is the kernel's to refuse (EFAULT).
+///
+/// # Safety
+///
+/// `addr` is null or valid for `*len` bytes, `len` null or valid.
+unsafe fn answer_name(
+    addr: *mut libc::sockaddr,
+    len: *mut libc::socklen_t,
+    lookup: impl FnOnce() -> Verdict<std::net::SocketAddr>,
+    real: impl FnOnce() -> c_int,
+) -> c_int {
+    let verdict = if addr.is_null() || len.is_null() { Verdict::Pass } else { decide(lookup) };
+    match verdict {
+        Verdict::Pass => real(),
+        Verdict::Done(name) => {
+            // SAFETY: addr is valid for *len bytes (non-null, checked above; the contract).
+            unsafe { crate::sockaddr::write(&name, addr, len) };
+            0
+        }
+        Verdict::Fail(e) => fail(e),
+    }
+}
+
 /// The C result of a verdict whose value is the return value.
 fn finish(verdict: Verdict<c_int>, real: impl FnOnce() -> c_int) -> c_int {
     match verdict {
