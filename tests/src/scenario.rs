@@ -120,14 +120,11 @@ impl ActiveFtp<'_> {
                 diag()
             );
         }
-        assert!(
-            ftpd.transfers()
-                .iter()
-                .any(|(cmd, _, done, bytes)| cmd == "RETR" && *done && *bytes == content.len() as u64),
-            "no completed RETR of {} bytes: {}",
-            content.len(),
-            diag()
-        );
+        // Whether the server logged a finished `command` of exactly `len` bytes.
+        let completed = |command: &str, len: usize| {
+            ftpd.transfers().iter().any(|(cmd, _, done, bytes)| cmd == command && *done && *bytes == len as u64)
+        };
+        assert!(completed("RETR", content.len()), "no completed RETR of {} bytes: {}", content.len(), diag());
         if let Some(up) = &upload {
             let stored = std::fs::read(root.join("up.bin")).unwrap_or_default();
             assert!(
@@ -137,14 +134,7 @@ impl ActiveFtp<'_> {
                 up.len(),
                 diag()
             );
-            assert!(
-                ftpd.transfers()
-                    .iter()
-                    .any(|(cmd, _, done, bytes)| cmd == "STOR" && *done && *bytes == up.len() as u64),
-                "no completed STOR of {} bytes: {}",
-                up.len(),
-                diag()
-            );
+            assert!(completed("STOR", up.len()), "no completed STOR of {} bytes: {}", up.len(), diag());
         }
     }
 }
