@@ -4,7 +4,7 @@
 
 mod shim_support;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use shim_support::*;
