@@ -88,9 +88,17 @@ fn is_numeric(name: &str) -> bool {
 }
 
 /// This host's name: programs look themselves up, and only the local side knows that name.
+/// Asked at each lookup (one uname(2)): the name can change, and differs per UTS namespace.
 fn own_host_name() -> Option<String> {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
-    Some(name.trim().to_owned())
+    // SAFETY: utsname is plain bytes, valid zeroed; uname fills it or fails.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid, writable utsname.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return None;
+    }
+    // SAFETY: on success nodename is NUL-terminated within the array.
+    let name = unsafe { std::ffi::CStr::from_ptr(uts.nodename.as_ptr()) };
+    name.to_str().ok().map(str::to_owned)
 }
 
 /// What a SOCKS request names for the IPv4 destination `ip`: the name behind a placeholder
@@ -173,6 +181,12 @@ pub fn hostent_in(buf: &mut [u8], name: &str, family: c_int, addr: &[u8]) -> Opt
 mod tests {
     use super::*;
     use crate::config::{Partial, merge};
+
+    #[test]
+    fn own_host_name_is_the_kernels() {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(own_host_name().as_deref(), Some(kernel.trim()));
+    }
 
     fn config(direct_names: &[&str]) -> Config {
         let mut c = merge(Partial::default(), Partial::default(), || None);
