@@ -1,4 +1,4 @@
-//! The logic of `socks4-run` (compiled into it with `#[path]`, and into the rlib for its tests): find libsocks4.so, build LD_PRELOAD, and say when preloading cannot
+//! The logic of `socks4-run`: find libsocks4.so, build LD_PRELOAD, and say when preloading cannot
 //! work (static binaries, setuid programs).
 
 use std::ffi::{OsStr, OsString};

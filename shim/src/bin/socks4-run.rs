@@ -7,10 +7,7 @@ use std::process::{Command, ExitCode};
 
 use clap::Parser;
 
-// Compiled in rather than taken from the socks4 rlib: linking the rlib would also link the
-// exported hooks into this launcher, which would then intercept its own calls.
-#[path = "../launcher.rs"]
-mod launcher;
+use socks4_shim::launcher;
 
 /// Run PROGRAM so that its TCP connections go through a SOCKS4 server and its listening sockets
 /// become SOCKS4 BIND requests.

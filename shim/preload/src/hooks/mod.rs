@@ -24,10 +24,10 @@ mod sendto;
 use std::ffi::c_int;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use crate::guard;
-use crate::log::error;
-use crate::ops::Verdict;
-use crate::sys;
+use socks4_shim::guard;
+use socks4_shim::log::error;
+use socks4_shim::ops::Verdict;
+use socks4_shim::sys;
 
 /// Runs `op` for a hooked call. A nested call (the shim's own) passes through.
 fn decide<T>(op: impl FnOnce() -> Verdict<T>) -> Verdict<T> {
@@ -69,7 +69,7 @@ unsafe fn answer_name(
         Verdict::Pass => real(),
         Verdict::Done(name) => {
             // SAFETY: addr is valid for *len bytes (non-null, checked above; the contract).
-            unsafe { crate::sockaddr::write(&name, addr, len) };
+            unsafe { socks4_shim::sockaddr::write(&name, addr, len) };
             0
         }
         Verdict::Fail(e) => fail(e),
@@ -95,9 +95,9 @@ fn fail(errno: sys::Errno) -> c_int {
 #[ctor::ctor]
 fn init() {
     note(|| {
-        crate::registry::install_fork_handlers();
-        if crate::config::get().remote_dns {
-            crate::dns_pool::create();
+        socks4_shim::registry::install_fork_handlers();
+        if socks4_shim::config::get().remote_dns {
+            socks4_shim::dns_pool::create();
         }
     });
 }

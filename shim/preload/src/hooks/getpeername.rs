@@ -5,8 +5,8 @@ use std::ffi::c_int;
 use libc::{sockaddr, socklen_t};
 
 use super::answer_name;
-use crate::ops;
-use crate::sys::real;
+use socks4_shim::ops;
+use socks4_shim::sys::real;
 
 /// # Safety
 ///

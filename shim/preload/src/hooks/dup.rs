@@ -2,7 +2,7 @@
 
 use std::ffi::c_int;
 
-use crate::{ops, sys::real};
+use socks4_shim::{ops, sys::real};
 
 /// # Safety
 ///

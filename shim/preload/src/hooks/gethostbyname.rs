@@ -11,8 +11,8 @@ use std::net::Ipv4Addr;
 use libc::{hostent, size_t};
 
 use super::decide;
-use crate::ops::{self, Verdict, dns};
-use crate::sys::{self, real, real_ptr};
+use socks4_shim::ops::{self, Verdict, dns};
+use socks4_shim::sys::{self, real, real_ptr};
 
 /// What the lookup says for `name` in family `af`: Pass = the real call.
 pub(super) enum Answer {

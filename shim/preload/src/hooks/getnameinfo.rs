@@ -6,9 +6,9 @@ use std::ffi::{c_char, c_int};
 use libc::{sockaddr, socklen_t};
 
 use super::decide;
-use crate::ops::{self, Verdict};
-use crate::sockaddr::{self as sa, ipv4_of};
-use crate::sys::real;
+use socks4_shim::ops::{self, Verdict};
+use socks4_shim::sockaddr::{self as sa, ipv4_of};
+use socks4_shim::sys::real;
 
 /// # Safety
 ///

@@ -4,7 +4,7 @@ use std::ffi::c_int;
 
 use libc::{sockaddr, socklen_t};
 
-use crate::{ops, sockaddr as sa, sys::real};
+use socks4_shim::{ops, sockaddr as sa, sys::real};
 
 /// # Safety
 ///

@@ -2,7 +2,7 @@
 
 use std::ffi::{c_int, c_uint};
 
-use crate::{ops, sys::real};
+use socks4_shim::{ops, sys::real};
 
 /// # Safety
 ///

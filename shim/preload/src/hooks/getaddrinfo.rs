@@ -12,8 +12,8 @@ use std::ffi::{CStr, CString, c_char, c_int};
 use libc::addrinfo;
 
 use super::decide;
-use crate::ops::{self, Verdict};
-use crate::sys::real;
+use socks4_shim::ops::{self, Verdict};
+use socks4_shim::sys::real;
 
 /// # Safety
 ///

@@ -8,8 +8,8 @@ use libc::{hostent, size_t, socklen_t};
 
 use super::decide;
 use super::gethostbyname::{Answer, reentrant_answer, static_answer};
-use crate::ops::{self, Verdict};
-use crate::sys::{real, real_ptr};
+use socks4_shim::ops::{self, Verdict};
+use socks4_shim::sys::{real, real_ptr};
 
 /// # Safety
 ///

@@ -5,8 +5,8 @@ use std::ffi::{c_int, c_void};
 
 use libc::{sockaddr, socklen_t, ssize_t};
 
-use crate::ops::{self, Verdict};
-use crate::{sockaddr as sa, sys::real};
+use socks4_shim::ops::{self, Verdict};
+use socks4_shim::{sockaddr as sa, sys::real};
 
 /// # Safety
 ///

@@ -5,8 +5,8 @@ use std::ffi::c_int;
 use libc::{sockaddr, socklen_t};
 
 use super::{decide, fail};
-use crate::ops::{self, Verdict};
-use crate::{sockaddr as sa, sys::real};
+use socks4_shim::ops::{self, Verdict};
+use socks4_shim::{sockaddr as sa, sys::real};
 
 /// # Safety
 ///

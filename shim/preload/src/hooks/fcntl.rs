@@ -6,7 +6,7 @@
 
 use std::ffi::c_int;
 
-use crate::{ops, sys::real};
+use socks4_shim::{ops, sys::real};
 
 fn after(fd: c_int, cmd: c_int, ret: c_int) -> c_int {
     if ret >= 0 && (cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC) {
