@@ -327,10 +327,13 @@ out('listen', fmt(s.getsockname()))
 /// 0.0.0.0:4242, then the second reply (1.2.3.4:5555) and data in one write.
 #[test]
 fn bind_request_bytes_and_zero_address_in_the_first_reply() {
-    let proxy = ScriptedProxy::start("127.0.0.3", vec![
-        b"\x00\x5a\x00\x00\x00\x00\x00\x00",
-        b"\x00\x5a\x10\x92\x00\x00\x00\x00\x00\x5a\x15\xb3\x01\x02\x03\x04hi",
-    ]);
+    let proxy = ScriptedProxy::start(
+        "127.0.0.3",
+        vec![
+            b"\x00\x5a\x00\x00\x00\x00\x00\x00",
+            b"\x00\x5a\x10\x92\x00\x00\x00\x00\x00\x5a\x15\xb3\x01\x02\x03\x04hi",
+        ],
+    );
     let script = format!(
         "{PY_PRELUDE}
 try:

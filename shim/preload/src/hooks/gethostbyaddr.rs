@@ -2,30 +2,24 @@
 //! program that checks the name of the address it was given gets back the name it asked for.
 
 use std::ffi::{c_char, c_int, c_void};
-use std::net::Ipv4Addr;
 
 use libc::{hostent, size_t, socklen_t};
 
-use super::decide;
-use super::gethostbyname::{Answer, reentrant_answer, static_answer};
-use socks4_shim::ops::{self, Verdict};
+use super::decide_with;
+use super::gethostbyname::reentrant_answer;
+use socks4_shim::ops::dns::{self, HostAnswer};
 use socks4_shim::sys::{real, real_ptr};
 
 /// # Safety
 ///
-/// `addr` is valid for `len` bytes.
-unsafe fn answer(addr: *const c_void, len: socklen_t, af: c_int) -> Answer {
-    if addr.is_null() || af != libc::AF_INET || len != 4 {
-        return Answer::Pass;
+/// `addr` is null or valid for `len` bytes.
+unsafe fn by_addr(addr: *const c_void, len: socklen_t, af: c_int) -> HostAnswer {
+    if addr.is_null() {
+        return HostAnswer::Pass;
     }
-    let mut octets = [0u8; 4];
-    // SAFETY: addr is valid for len == 4 bytes (contract).
-    unsafe { std::ptr::copy_nonoverlapping(addr.cast::<u8>(), octets.as_mut_ptr(), 4) };
-    let ip = Ipv4Addr::from(octets);
-    match decide(|| ops::dns::reverse(ip, false)) {
-        Verdict::Done(name) => Answer::Found(ip, name),
-        _ => Answer::Pass,
-    }
+    // SAFETY: addr is valid for len bytes (contract).
+    let bytes = unsafe { std::slice::from_raw_parts(addr.cast::<u8>(), len as usize) };
+    decide_with(HostAnswer::Pass, HostAnswer::Pass, || dns::host_by_addr(bytes, af))
 }
 
 /// # Safety
@@ -34,7 +28,7 @@ unsafe fn answer(addr: *const c_void, len: socklen_t, af: c_int) -> Answer {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn gethostbyaddr(addr: *const c_void, len: socklen_t, af: c_int) -> *mut hostent {
     // SAFETY: addr valid for len bytes (contract).
-    if let Some(h) = static_answer(unsafe { answer(addr, len, af) }) {
+    if let Some(h) = dns::static_hostent(unsafe { by_addr(addr, len, af) }) {
         return h;
     }
     // SAFETY: the program's own arguments.
@@ -56,9 +50,9 @@ pub unsafe extern "C" fn gethostbyaddr_r(
     h_errnop: *mut c_int,
 ) -> c_int {
     // SAFETY: addr is valid for len bytes (contract).
-    let found = || unsafe { answer(addr, len, af) };
+    let answer = || unsafe { by_addr(addr, len, af) };
     // SAFETY: the out-pointers as the contract says (reentrant_answer checks them for null).
-    if let Some(rc) = unsafe { reentrant_answer(found, ret, buf, buflen, result, h_errnop) } {
+    if let Some(rc) = unsafe { reentrant_answer(answer, ret, buf, buflen, result, h_errnop) } {
         return rc;
     }
     // SAFETY: the program's own arguments.

@@ -31,14 +31,20 @@ use socks4_shim::sys;
 
 /// Runs `op` for a hooked call. A nested call (the shim's own) passes through.
 fn decide<T>(op: impl FnOnce() -> Verdict<T>) -> Verdict<T> {
-    let Some(_guard) = guard::enter() else { return Verdict::Pass };
+    decide_with(Verdict::Pass, Verdict::Fail(libc::EIO), op)
+}
+
+/// Runs `op` inside the re-entrancy guard with errno saved and restored: a nested call gets
+/// `nested` (pass through), a panic gets `panicked` (fail closed, never the real call).
+fn decide_with<T>(nested: T, panicked: T, op: impl FnOnce() -> T) -> T {
+    let Some(_guard) = guard::enter() else { return nested };
     let saved = sys::errno();
-    let verdict = catch_unwind(AssertUnwindSafe(op)).unwrap_or_else(|_| {
-        error!("internal error in the shim; the call fails (EIO)");
-        Verdict::Fail(libc::EIO)
+    let answer = catch_unwind(AssertUnwindSafe(op)).unwrap_or_else(|_| {
+        error!("internal error in the shim; the call fails");
+        panicked
     });
     sys::set_errno(saved);
-    verdict
+    answer
 }
 
 /// Runs bookkeeping that must not change the call's result (close, dup).
