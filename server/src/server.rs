@@ -1,7 +1,6 @@
 //! The server: accept loops over the listeners, the session cap, live
 //! config reload, graceful shutdown, and the daemon's signal handling.
 
-use std::future::Future;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -175,19 +174,6 @@ impl Server {
         }
         drained
     }
-}
-
-/// Serves `listeners` until `shutdown` resolves, then drains as
-/// [`Server::shutdown`] does.
-///
-/// # Errors
-///
-/// If the server cannot start on the listeners.
-pub async fn run(listeners: Vec<TcpListener>, config: Config, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-    let server = Server::from_listeners(listeners, config)?;
-    shutdown.await;
-    server.shutdown().await;
-    Ok(())
 }
 
 /// Decrements the session count however the session task ends.
