@@ -173,3 +173,28 @@ fn garbage_reply_fails_closed_with_eproto() {
 fn proxy_closing_early_fails_closed_with_econnreset() {
     fails_closed(fake_proxy(b"\x00\x5a"), "Connection reset by peer", "closed the connection before replying");
 }
+
+/// getsockname answers the address the CONNECT reply named (what the destination saw, port
+/// included), getpeername the destination: Go reads both right after connect.
+#[test]
+fn go_sees_the_proxy_side_address_and_the_destination() {
+    let go = go_binary("s4go");
+    let topo = Topology::firewall();
+    let socks4d = socks4d_in(&topo);
+    let server = PeerServer::start_in(Some(topo.server.name()), topo.server_ip);
+    let mut cmd = topo.client.wrap(&supervise_command(go.to_str().unwrap(), socks4d.addr));
+    cmd.args(["dial", &server.addr.to_string()]);
+    let out = run_with_timeout(&mut cmd, b"", TIMEOUT);
+    assert!(out.success(), "{out}");
+    let field = |key: &str| -> SocketAddr {
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no `{key}` line: {out}"))
+    };
+    let (local, remote, seen) = (field("local "), field("remote "), field("peer="));
+    assert_eq!(remote, server.addr, "{out}");
+    assert_eq!(local, seen, "getsockname must name what the server saw: {out}");
+    assert_eq!(local.ip(), topo.proxy_outside_ip, "{out}");
+    assert!(out.stdout.contains("hello from go"), "{out}");
+}

@@ -4,6 +4,8 @@
 //	s4go get URL                 print the body of an HTTP GET
 //	s4go many N URL              N concurrent GETs; prints "ok N" when every body is the same
 //	s4go ftp HOST:PORT FILE OUT  active-mode FTP download (PORT from the listener's address)
+//	s4go dial HOST:PORT          print the connection's local and remote address, send a line,
+//	                             print the answer
 package main
 
 import (
@@ -153,6 +155,16 @@ func main() {
 	case "many":
 		n, _ := strconv.Atoi(os.Args[2])
 		many(n, os.Args[3])
+	case "dial":
+		c, err := net.DialTimeout("tcp", os.Args[2], 20*time.Second)
+		if err != nil {
+			fail("dial: %v", err)
+		}
+		fmt.Printf("local %s\nremote %s\n", c.LocalAddr(), c.RemoteAddr())
+		fmt.Fprintf(c, "hello from go\n")
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		answer, _ := io.ReadAll(c)
+		os.Stdout.Write(answer)
 	case "ftp":
 		ftp(os.Args[2], os.Args[3], os.Args[4])
 	default:
