@@ -37,7 +37,7 @@ pub struct Supervisor {
     state: State,
     pool: pool::Pool,
     config: &'static Config,
-    dns: Option<dns::Responder>,
+    dns: Option<&'static dns::Responder>,
 }
 
 impl Supervisor {
