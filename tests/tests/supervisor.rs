@@ -198,3 +198,61 @@ fn go_sees_the_proxy_side_address_and_the_destination() {
     assert_eq!(local.ip(), topo.proxy_outside_ip, "{out}");
     assert!(out.stdout.contains("hello from go"), "{out}");
 }
+
+/// 50 goroutines (Go runs them on several threads) connect at once; every connection goes
+/// through the proxy.
+#[test]
+fn go_makes_50_concurrent_connections_through_the_supervisor() {
+    let go = go_binary("s4go");
+    let topo = Topology::firewall();
+    let socks4d = socks4d_in(&topo);
+    let server = PeerServer::start_in(Some(topo.server.name()), topo.server_ip);
+    let mut cmd = topo.client.wrap(&supervise_command(go.to_str().unwrap(), socks4d.addr));
+    cmd.args(["many", "50", &format!("http://{}/bytes/20000", server.addr)]);
+    let out = run_with_timeout(&mut cmd, b"", Duration::from_secs(60));
+    assert!(out.success(), "{out}\n--- socks4d ---\n{}", socks4d.log());
+    assert!(out.stdout.starts_with("ok 50 distinct-peers 50"), "{out}");
+    let peers = server.peers();
+    assert_eq!(peers.len(), 50, "{peers:?}");
+    assert!(peers.iter().all(|p| p.ip() == topo.proxy_outside_ip), "{peers:?}");
+}
+
+/// Children and what they exec stay under the filter: a static shell runs two fetches, one of them
+/// in a subshell.
+#[test]
+fn forked_and_execed_descendants_are_supervised() {
+    let topo = Topology::firewall();
+    let socks4d = socks4d_in(&topo);
+    let server = PeerServer::start_in(Some(topo.server.name()), topo.server_ip);
+    let url = format!("http://{}/bytes/10", server.addr);
+    let script = format!("{BUSYBOX} wget -q -O - {url} && ( {BUSYBOX} wget -q -O - {url} ) && echo done");
+    let mut cmd = topo.client.wrap(&supervise_command(BUSYBOX, socks4d.addr));
+    cmd.args(["sh", "-c", &script]);
+    let out = run_with_timeout(&mut cmd, b"", TIMEOUT);
+    assert!(out.success() && out.stdout.ends_with("done\n"), "{out}");
+    let peers = server.peers();
+    assert_eq!(peers.len(), 2, "{peers:?}");
+    assert!(peers.iter().all(|p| p.ip() == topo.proxy_outside_ip), "{peers:?}");
+}
+
+/// io_uring could make socket calls the filter never sees: its setup fails with ENOSYS.
+#[test]
+fn io_uring_setup_fails_with_enosys() {
+    let go = go_binary("s4go");
+    let mut cmd = supervise_command(go.to_str().unwrap(), "127.0.0.1:9".parse().unwrap());
+    cmd.arg("uring");
+    let out = run_with_timeout(&mut cmd, b"", TIMEOUT);
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("io_uring_setup: function not implemented"), "{out}");
+}
+
+/// The program's exit status is socks4-run's, and a program killed by a signal gives 128 + it.
+#[test]
+fn exit_status_is_the_programs() {
+    let mut cmd = supervise_command(BUSYBOX, "127.0.0.1:9".parse().unwrap());
+    cmd.args(["sh", "-c", "exit 7"]);
+    assert_eq!(run_with_timeout(&mut cmd, b"", TIMEOUT).status.and_then(|s| s.code()), Some(7));
+    let mut cmd = supervise_command(BUSYBOX, "127.0.0.1:9".parse().unwrap());
+    cmd.args(["sh", "-c", "kill -TERM $$"]);
+    assert_eq!(run_with_timeout(&mut cmd, b"", TIMEOUT).status.and_then(|s| s.code()), Some(128 + 15));
+}

@@ -4,6 +4,7 @@
 //	s4go get URL                 print the body of an HTTP GET
 //	s4go many N URL              N concurrent GETs; prints "ok N" when every body is the same
 //	s4go ftp HOST:PORT FILE OUT  active-mode FTP download (PORT from the listener's address)
+//	s4go uring                   try io_uring_setup; print its errno
 //	s4go dial HOST:PORT          print the connection's local and remote address, send a line,
 //	                             print the answer
 package main
@@ -19,7 +20,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
+	"unsafe"
 )
 
 func fail(format string, args ...interface{}) {
@@ -155,6 +158,10 @@ func main() {
 	case "many":
 		n, _ := strconv.Atoi(os.Args[2])
 		many(n, os.Args[3])
+	case "uring":
+		var params [120]byte
+		_, _, errno := syscall.Syscall(425, 8, uintptr(unsafe.Pointer(&params[0])), 0)
+		fmt.Printf("io_uring_setup: %v\n", errno)
 	case "dial":
 		c, err := net.DialTimeout("tcp", os.Args[2], 20*time.Second)
 		if err != nil {
