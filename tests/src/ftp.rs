@@ -136,10 +136,7 @@ impl FtpClient {
                     SocketAddr::V4(a) => format!("ftp://{}:{}", a.ip(), a.port()),
                     SocketAddr::V6(a) => format!("ftp://[{}]:{}", a.ip(), a.port()),
                 };
-                let curl = format!(
-                    "curl -sS --fail --max-time 20 --ftp-port - --user '{}:{}'",
-                    job.user, job.password
-                );
+                let curl = format!("curl -sS --fail --max-time 20 --ftp-port - --user '{}:{}'", job.user, job.password);
                 let mut steps = Vec::new();
                 if let Some(dir) = &job.list {
                     let dir = dir.trim_start_matches('.').trim_matches('/');

@@ -57,7 +57,11 @@ fn static_go_ftp_client_downloads_in_active_mode() {
         .unwrap_or_else(|| panic!("no listener line: {}", diag()));
     assert_eq!(Some(&listener), ports.first(), "the listener's address is what PORT carried: {}", diag());
     let data = ftpd.data_connections();
-    assert!(!data.is_empty() && data.iter().all(|(active, p)| *active && p.ip() == topo.proxy_outside_ip), "{}", diag());
+    assert!(
+        !data.is_empty() && data.iter().all(|(active, p)| *active && p.ip() == topo.proxy_outside_ip),
+        "{}",
+        diag()
+    );
     let controls = ftpd.control_peers();
     assert!(controls.iter().all(|p| p.ip() == topo.proxy_outside_ip), "{}", diag());
     // The accepted connection's peer (getpeername/accept) is the FTP server's data address.

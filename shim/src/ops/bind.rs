@@ -111,11 +111,12 @@ pub fn listen(fd: c_int) -> Verdict<c_int> {
         // The BIND was already made by getsockname.
         Some(SocketState::Bind(_)) => return Verdict::Done(0),
         Some(SocketState::FakeBound { addr, conn }) => (conn, addr.is_ipv6()),
-        Some(SocketState::BoundAnyPort { addr }) => match plan_listen(config, fd, Some(addr), registry.latest_connection())
-        {
-            Some(plan) => plan,
-            None => return Verdict::Pass,
-        },
+        Some(SocketState::BoundAnyPort { addr }) => {
+            match plan_listen(config, fd, Some(addr), registry.latest_connection()) {
+                Some(plan) => plan,
+                None => return Verdict::Pass,
+            }
+        }
         Some(_) => return Verdict::Pass,
         None => match plan_listen(config, fd, None, registry.latest_connection()) {
             Some(plan) => plan,

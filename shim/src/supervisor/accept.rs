@@ -107,10 +107,12 @@ fn step(sup: &Supervisor, call: &Call, fd: &OwnedFd, ino: u64, flags: i32, nonbl
         Ok(new) => {
             bind.accepted = Some((nonblocking, peer));
             bind.granted = None;
-            debug!("accept on the BIND socket for {}: connection from {peer} on fd {new} of thread {}", bind.conn, call.tid);
+            debug!(
+                "accept on the BIND socket for {}: connection from {peer} on fd {new} of thread {}",
+                bind.conn, call.tid
+            );
             Step::Answered
         }
         Err(e) => Step::Done(Answer::Fail(if e == libc::ENOENT { libc::EINTR } else { e })),
     }
 }
-

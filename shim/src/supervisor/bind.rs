@@ -46,7 +46,9 @@ pub fn listen(sup: &'static Supervisor, call: Call) -> Option<Answer> {
         // The BIND was already made by getsockname.
         Some(Sock::Bind(_)) => return Some(Answer::Value(0)),
         Some(Sock::FakeBound { .. } | Sock::Binding(_)) => true,
-        Some(Sock::BoundAnyPort { addr }) => ops::bind::plan_listen(sup.config, fd.as_raw_fd(), Some(addr), latest).is_some(),
+        Some(Sock::BoundAnyPort { addr }) => {
+            ops::bind::plan_listen(sup.config, fd.as_raw_fd(), Some(addr), latest).is_some()
+        }
         Some(_) => return Some(Answer::Continue),
         None => ops::bind::plan_listen(sup.config, fd.as_raw_fd(), None, latest).is_some(),
     };

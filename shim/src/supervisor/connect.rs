@@ -83,7 +83,9 @@ fn proxied(
     let flight = {
         let mut state = sup.state.lock();
         match state.socks.get(&ino) {
-            Some(Sock::Connected { .. } | Sock::Bind(_) | Sock::Binding(_)) => return Some(Answer::Fail(libc::EISCONN)),
+            Some(Sock::Connected { .. } | Sock::Bind(_) | Sock::Binding(_)) => {
+                return Some(Answer::Fail(libc::EISCONN));
+            }
             // The same connect again, restarted after a signal: wait for the exchange under way.
             Some(Sock::Connecting(flight)) => {
                 let flight = flight.clone();

@@ -241,7 +241,10 @@ pub fn redirect(sup: &Supervisor, call: &Call, fd: &OwnedFd, nameserver: SocketA
         Err(e) => Err(e),
     };
     if let Err(e) = result {
-        error!("DNS query to {nameserver}: cannot reach the supervisor's responder: {}", std::io::Error::from_raw_os_error(e));
+        error!(
+            "DNS query to {nameserver}: cannot reach the supervisor's responder: {}",
+            std::io::Error::from_raw_os_error(e)
+        );
         return Some(Answer::Fail(e));
     }
     if let Ok(local) = sys::local_addr(raw) {
@@ -321,7 +324,14 @@ fn receive(sup: &Supervisor, call: &Call, fd: &OwnedFd, nameserver: SocketAddr) 
     let flags = call.int(3) | libc::MSG_DONTWAIT;
     // SAFETY: buf is valid for writes of its length; no source address is asked for.
     let n = unsafe {
-        libc::recvfrom(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags, std::ptr::null_mut(), std::ptr::null_mut())
+        libc::recvfrom(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            flags,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
     };
     if n < 0 {
         return Err(sys::errno());

@@ -193,7 +193,8 @@ pub const MINIMUM_KERNEL: (u32, u32) = (5, 14);
 /// One sentence naming the missing feature.
 pub fn check_kernel() -> Result<(), String> {
     let release = kernel_release().unwrap_or_default();
-    let version: Vec<u32> = release.split(|c: char| !c.is_ascii_digit()).take(2).filter_map(|s| s.parse().ok()).collect();
+    let version: Vec<u32> =
+        release.split(|c: char| !c.is_ascii_digit()).take(2).filter_map(|s| s.parse().ok()).collect();
     if let [major, minor] = version[..]
         && (major, minor) < MINIMUM_KERNEL
     {
@@ -207,10 +208,7 @@ pub fn check_kernel() -> Result<(), String> {
     // SAFETY: GET_ACTION_AVAIL reads one u32.
     let avail = unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_GET_ACTION_AVAIL, 0, &action as *const u32) };
     if avail != 0 {
-        return Err(format!(
-            "seccomp user notification is not available ({})",
-            std::io::Error::last_os_error()
-        ));
+        return Err(format!("seccomp user notification is not available ({})", std::io::Error::last_os_error()));
     }
     let mut sizes = libc::seccomp_notif_sizes { seccomp_notif: 0, seccomp_notif_resp: 0, seccomp_data: 0 };
     // SAFETY: GET_NOTIF_SIZES writes one seccomp_notif_sizes.

@@ -196,7 +196,8 @@ pub fn run(exec: &Exec) -> i32 {
     let mut fd: c_int = 0;
     // SAFETY: reading 4 bytes into an int.
     let n = unsafe { libc::read(up[0], (&raw mut fd).cast(), 4) };
-    let listener = if n == 4 && fd >= 0 { program::take_fd(child, fd).map_err(|e| (e, true)) } else { Err((-fd, false)) };
+    let listener =
+        if n == 4 && fd >= 0 { program::take_fd(child, fd).map_err(|e| (e, true)) } else { Err((-fd, false)) };
     let listener = match listener {
         Ok(l) => l,
         Err((e, ours)) => {

@@ -55,17 +55,29 @@ pub enum Sock {
     /// A CONNECT is being made.
     Connecting(Arc<Flight>),
     /// A CONNECT through the proxy succeeded.
-    Connected { dest: SocketAddr, local: Option<SocketAddr>, target: SocketAddrV4, seq: u64 },
+    Connected {
+        dest: SocketAddr,
+        local: Option<SocketAddr>,
+        target: SocketAddrV4,
+        seq: u64,
+    },
     /// Really bound with port 0: a listen() on it may become a BIND.
-    BoundAnyPort { addr: SocketAddr },
+    BoundAnyPort {
+        addr: SocketAddr,
+    },
     /// bind() to the proxy-side address of a proxied connection: recorded, not done.
-    FakeBound { addr: SocketAddr, conn: SocketAddrV4 },
+    FakeBound {
+        addr: SocketAddr,
+        conn: SocketAddrV4,
+    },
     /// A BIND request is being made.
     Binding(Arc<Flight>),
     Bind(Box<Bind>),
     /// A UDP or TCP socket of the program's own resolver, talking to our DNS responder instead of
     /// this nameserver (what getpeername and recvfrom report).
-    Dns { nameserver: SocketAddr },
+    Dns {
+        nameserver: SocketAddr,
+    },
 }
 
 #[derive(Default)]
@@ -135,7 +147,8 @@ impl Inner {
             let Ok(dir) = std::fs::read_dir(format!("/proc/{tid}/fd")) else { return false };
             for entry in dir.flatten() {
                 if let Ok(link) = std::fs::read_link(entry.path())
-                    && let Some(ino) = link.to_str().and_then(|l| l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
+                    && let Some(ino) =
+                        link.to_str().and_then(|l| l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
                 {
                     alive.insert(ino);
                 }
