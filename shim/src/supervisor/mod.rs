@@ -5,8 +5,8 @@
 //! hands the listener's number to the parent (which takes it with pidfd_getfd) and execs the
 //! program. The parent answers the notified calls (`notify`) with the shim's own decisions and
 //! SOCKS exchanges (`crate::ops`), run on the program's own sockets (`program`), remembering what
-//! it did per socket inode (`state`). Calls that wait on the network run on worker threads
-//! (`pool`), so a slow proxy never holds up the program's other calls.
+//! it did per socket inode (`state`). Several threads receive notifications (`pool`), so a call
+//! that waits on the network never holds up the program's other calls.
 
 mod accept;
 mod bind;
@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::log::error;
 use crate::sys::Errno;
 pub use filter::{Exec, check_kernel};
 use notify::{Answer, Call, Listener};
@@ -41,13 +40,10 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// The program's descriptor (argument 0 of the call) as ours, checked to still belong to the
-    /// caller (the notification is still pending, so the thread was not replaced meanwhile).
+    /// The program's descriptor (argument 0 of the call) as ours. The pidfd it is taken through
+    /// names the calling task itself, so a reused thread id cannot lead to another process.
     fn take_fd(&self, call: &Call) -> Result<OwnedFd, Errno> {
         let fd = program::take_fd(call.tid, call.int(0))?;
-        if !self.listener.is_valid(call.id) {
-            return Err(libc::EINTR);
-        }
         self.state.lock().saw(call.tid);
         Ok(fd)
     }
@@ -228,35 +224,18 @@ pub fn run(exec: &Exec) -> i32 {
         config,
         dns,
     }));
-    let waiter = std::thread::spawn(move || wait_child(child));
-    serve(sup);
-    waiter.join().unwrap_or(126)
-}
-
-/// The notification loop, until no process of the program's tree is left.
-fn serve(sup: &'static Supervisor) {
+    pool::start_receiver(sup);
+    let status = wait_child(child);
+    // The program's own descendants may outlive it: serve them until the last one is gone (the
+    // listener reports a hangup once no process uses the filter).
     loop {
-        let mut p = libc::pollfd { fd: sup.listener.raw(), events: libc::POLLIN, revents: 0 };
+        let mut p = libc::pollfd { fd: sup.listener.raw(), events: 0, revents: 0 };
         // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut p, 1, -1) };
-        if n < 0 {
-            if crate::sys::errno() == libc::EINTR {
-                continue;
-            }
-            error!("supervisor: poll on the seccomp listener: {}", std::io::Error::last_os_error());
-            return;
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        if n > 0 && p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            return status;
         }
-        if p.revents & libc::POLLIN == 0 && p.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
-            return;
-        }
-        match sup.listener.receive() {
-            Ok(call) => sup.handle(call),
-            Err(libc::ENOENT | libc::EINTR) => {}
-            Err(e) => {
-                error!("supervisor: reading a notification: {}", std::io::Error::from_raw_os_error(e));
-                return;
-            }
-        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -1,47 +1,55 @@
-//! Worker threads for calls that wait on the network (a CONNECT or BIND exchange, a blocking
-//! accept), so one slow proxy never holds up the program's other calls. Threads are kept for
-//! reuse: a new one starts only when every worker is busy.
+//! The threads that receive notifications. Each one that takes a call handles it itself, even a
+//! call that waits on the network (a CONNECT or BIND exchange, a blocking accept): no hand-off to
+//! another thread sits on the path of a connect. When the last idle receiver takes a call, a new
+//! one starts first, so a slow proxy never holds up the program's other calls; receivers beyond a
+//! few idle ones end.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, Sender, channel};
-use std::sync::{Arc, Mutex};
 
-type Job = Box<dyn FnOnce() + Send>;
+use super::Supervisor;
+use crate::log::error;
 
+/// Idle receivers kept after a burst.
+const KEEP_IDLE: usize = 4;
+
+#[derive(Default)]
 pub struct Pool {
-    jobs: Mutex<Sender<Job>>,
-    queue: Arc<Mutex<Receiver<Job>>>,
-    idle: Arc<AtomicUsize>,
-}
-
-impl Default for Pool {
-    fn default() -> Self {
-        let (tx, rx) = channel();
-        Pool { jobs: Mutex::new(tx), queue: Arc::new(Mutex::new(rx)), idle: Arc::new(AtomicUsize::new(0)) }
-    }
+    idle: AtomicUsize,
 }
 
 impl Pool {
-    pub fn run(&self, job: impl FnOnce() + Send + 'static) {
-        // Claim an idle worker, or start one.
-        let claimed = self.idle.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok();
-        if !claimed {
-            // The new worker takes this job first, so it starts busy.
-            let (queue, idle) = (self.queue.clone(), self.idle.clone());
-            let spawned = std::thread::Builder::new().name("socks4-worker".into()).spawn(move || {
-                loop {
-                    let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                    let Ok(job) = job else { return };
-                    job();
-                    idle.fetch_add(1, Ordering::AcqRel);
-                }
-            });
-            if spawned.is_err() {
-                // No thread to be had: do the work here rather than leave the call unanswered.
-                job();
+    /// Runs a job that may wait: here, on the receiver that took the call (see the module doc).
+    pub fn run(&self, job: impl FnOnce()) {
+        job();
+    }
+}
+
+/// Starts a receiver thread.
+pub fn start_receiver(sup: &'static Supervisor) {
+    let spawned = std::thread::Builder::new().name("socks4-supervisor".into()).spawn(move || receive_loop(sup));
+    if let Err(e) = spawned {
+        error!("supervisor: cannot start a thread: {e}");
+    }
+}
+
+fn receive_loop(sup: &'static Supervisor) {
+    loop {
+        sup.pool.idle.fetch_add(1, Ordering::AcqRel);
+        let call = sup.listener.receive();
+        if sup.pool.idle.fetch_sub(1, Ordering::AcqRel) == 1 {
+            start_receiver(sup);
+        }
+        match call {
+            Ok(call) => sup.handle(call),
+            // The caller went away, or a signal: the next one.
+            Err(libc::ENOENT | libc::EINTR) => {}
+            Err(e) => {
+                error!("supervisor: reading a notification: {}", std::io::Error::from_raw_os_error(e));
                 return;
             }
         }
-        let _ = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).send(Box::new(job));
+        if sup.pool.idle.load(Ordering::Acquire) >= KEEP_IDLE {
+            return;
+        }
     }
 }

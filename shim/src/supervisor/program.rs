@@ -5,9 +5,11 @@
 //! Memory is read and written with process_vm_readv/writev. The program can change its own memory
 //! while we look: this makes honest programs work, it is not a sandbox.
 
+use std::collections::HashMap;
 use std::ffi::c_int;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
 
 use crate::sockaddr;
 use crate::sys::{self, Errno};
@@ -52,13 +54,34 @@ fn pidfd_of(tid: i32) -> Result<OwnedFd, Errno> {
     }
 }
 
+/// pidfds of the threads seen, kept: a pidfd names one task for good, so a cached one whose tid
+/// was reused by a newer task fails (ESRCH) instead of reaching the wrong process, and is renewed.
+static PIDFDS: Mutex<Option<HashMap<i32, Arc<OwnedFd>>>> = Mutex::new(None);
+
+fn cached_pidfd(tid: i32, fresh: bool) -> Result<Arc<OwnedFd>, Errno> {
+    let mut cache = PIDFDS.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = cache.get_or_insert_with(HashMap::new);
+    if !fresh && let Some(p) = cache.get(&tid) {
+        return Ok(p.clone());
+    }
+    if cache.len() > 4096 {
+        cache.clear();
+    }
+    let p = Arc::new(pidfd_of(tid)?);
+    cache.insert(tid, p.clone());
+    Ok(p)
+}
+
 /// Our duplicate of descriptor `fd` of thread `tid`'s process: the same open file description.
 ///
 /// # Errors
 ///
 /// EBADF when the program has no such descriptor; ESRCH when it is gone.
 pub fn take_fd(tid: i32, fd: c_int) -> Result<OwnedFd, Errno> {
-    pidfd_getfd(&pidfd_of(tid)?, fd)
+    match pidfd_getfd(&*cached_pidfd(tid, false)?, fd) {
+        Err(libc::ESRCH) => pidfd_getfd(&*cached_pidfd(tid, true)?, fd),
+        r => r,
+    }
 }
 
 /// Whether pidfd_getfd works here (on our own stderr).
