@@ -106,6 +106,29 @@ pub fn is_set_id(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o6000 != 0)
 }
 
+/// How socks4-run socksifies a program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// LD_PRELOAD=libsocks4.so: no context switch per hooked call.
+    Preload,
+    /// The seccomp supervisor: reaches static programs, Go and raw system calls.
+    Supervise,
+}
+
+/// The mode for `program`: the supervisor when the loader would ignore LD_PRELOAD because there
+/// is no loader (a static ELF, or a script whose interpreter is one), else the shim.
+pub fn pick_mode(program: &OsStr, path_var: Option<&OsStr>) -> Mode {
+    let Some(path) = resolve_program(program, path_var) else { return Mode::Preload };
+    let target = match linkage(&path) {
+        Ok(Linkage::Script(interp)) => interp,
+        _ => path,
+    };
+    match linkage(&target) {
+        Ok(Linkage::Static) => Mode::Supervise,
+        _ => Mode::Preload,
+    }
+}
+
 /// Warnings to print before exec'ing `program`, so the shim never silently does nothing.
 pub fn warnings(program: &OsStr, path_var: Option<&OsStr>) -> Vec<String> {
     let Some(path) = resolve_program(program, path_var) else { return Vec::new() };

@@ -20,4 +20,5 @@ pub mod registry;
 pub mod route;
 pub mod sockaddr;
 pub mod socks;
+pub mod supervisor;
 pub mod sys;

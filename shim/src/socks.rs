@@ -40,6 +40,14 @@ impl ExchangeError {
     }
 }
 
+/// The bytes of a reply received so far, kept across calls (a non-blocking accept reads BIND's
+/// second reply in pieces).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplyProgress {
+    pub bytes: [u8; REPLY_LEN],
+    pub received: usize,
+}
+
 /// Connects `fd` to `proxy`, sends `request` and reads the reply. The descriptor is made
 /// non-blocking for the exchange and its flags are restored afterwards, whatever happens.
 pub fn exchange(fd: c_int, proxy: &SocketAddr, request: &Request, timeout: Duration) -> Result<Reply, ExchangeError> {

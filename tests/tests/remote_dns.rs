@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use socks4_tests::{
-    ChildGuard, FtpClient, Netns, PyFtpd, RunOutput, Socks4d, Socks4dOptions, TempDir, Topology, checksum,
-    run_with_timeout, shim_command, test_content,
+    ChildGuard, FtpClient, Netns, PeerServer, PyFtpd, RunOutput, Socks4d, Socks4dOptions, TempDir, Topology, checksum,
+    go_binary, peer_payload, run_with_timeout, shim_command, supervise_command, test_content,
 };
 
 const NAME: &str = "files.internal";
@@ -573,4 +573,40 @@ print("other.example", socket.gethostbyname("other.example"))
 
     let out = lo.python(&format!("import socket; print(socket.gethostbyname('{NAME}'))"), false);
     assert!(out.success() && out.stdout == "127.0.0.1\n", "{out}");
+}
+
+/// Static programs under the seccomp supervisor resolve with their own resolvers (Go's pure
+/// resolver; static busybox's glibc, which checks the reply's source): their queries reach the
+/// supervisor's responder, the placeholder becomes a SOCKS4A CONNECT, and no query reaches the
+/// client's resolver address.
+fn supervised_by_name(program: &str, args: &[&str]) {
+    let fw = Firewall::new();
+    let server = PeerServer::start_in(Some(fw.topo.server.name()), fw.topo.server_ip);
+    let url = format!("http://{NAME}:{}/bytes/5000", server.addr.port());
+    let mut cmd = supervise_command(program, fw.socks4d.addr);
+    cmd.env_remove("SOCKS4_REMOTE_DNS").args(args).arg(&url);
+    let out = run_with_timeout(&mut fw.topo.client.wrap(&cmd), b"", Duration::from_secs(30));
+    let diag = || format!("{out}\n--- socks4d ---\n{}\n--- queries ---\n{}", fw.socks4d.log(), fw.dns.queries());
+    assert!(out.success(), "{}", diag());
+    let (peer, payload) = out.stdout.split_once('\n').unwrap_or_else(|| panic!("no peer line: {}", diag()));
+    let peer: SocketAddr = peer.strip_prefix("peer=").and_then(|p| p.parse().ok()).expect("peer");
+    assert_eq!(peer.ip(), fw.topo.proxy_outside_ip, "{}", diag());
+    assert!(payload.as_bytes() == peer_payload(5000).as_slice(), "payload differs: {}", diag());
+    assert!(fw.dns.queries().is_empty(), "queries reached the client's resolver: {}", diag());
+    assert!(
+        fw.socks4d.log().lines().any(|l| l.contains("command=connect") && l.contains(NAME)),
+        "no SOCKS4A CONNECT naming {NAME}: {}",
+        diag()
+    );
+}
+
+#[test]
+fn static_go_client_by_name_through_the_firewall_without_local_dns() {
+    let go = go_binary("s4go");
+    supervised_by_name(go.to_str().unwrap(), &["get"]);
+}
+
+#[test]
+fn static_busybox_wget_by_name_through_the_firewall_without_local_dns() {
+    supervised_by_name("/usr/bin/busybox", &["wget", "-q", "-O", "-"]);
 }
