@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
-use socks4_proto::Command;
+use socks4_proto::v4::Command;
 
 use crate::config::quote;
 

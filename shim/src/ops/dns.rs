@@ -10,7 +10,7 @@
 use std::ffi::{c_char, c_int};
 use std::net::{IpAddr, Ipv4Addr};
 
-use socks4_proto::Destination;
+use socks4_proto::v4::Destination;
 
 use super::Verdict;
 use crate::config::{self, Config};
