@@ -7,4 +7,5 @@
 //! error; `encode` appends to a `Vec<u8>`. Nothing here reads a socket.
 #![forbid(unsafe_code)]
 
+pub mod host;
 pub mod v4;

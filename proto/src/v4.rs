@@ -6,6 +6,8 @@
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use crate::host::{self, HostNameError};
+
 /// Version byte of a request.
 pub const REQUEST_VERSION: u8 = 4;
 /// Version byte of a reply, as the spec says ("should be 0").
@@ -237,18 +239,14 @@ fn find_nul(buf: &[u8], max: usize) -> Result<Option<usize>, ()> {
     }
 }
 
-/// A SOCKS4A host name: non-empty, printable DNS characters only, so a
-/// name can be logged and matched against rules without surprises.
+/// A SOCKS4A host name, checked by [`host::validate`] (case and a trailing
+/// dot kept as sent).
 fn parse_host_name(bytes: &[u8]) -> Result<String, ProtocolError> {
-    if bytes.is_empty() {
-        return Err(ProtocolError::EmptyHostName);
+    match host::validate(bytes) {
+        Ok(name) => Ok(name.to_owned()),
+        Err(HostNameError::Empty) => Err(ProtocolError::EmptyHostName),
+        Err(HostNameError::Invalid) => Err(ProtocolError::BadHostName),
     }
-    let ok = bytes.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
-    if !ok || bytes.starts_with(b".") || bytes.windows(2).any(|w| w == b"..") {
-        return Err(ProtocolError::BadHostName);
-    }
-    // The check above admits ASCII only, so this cannot fail.
-    Ok(String::from_utf8_lossy(bytes).into_owned())
 }
 
 /// The CD field of a reply.
