@@ -9,3 +9,4 @@
 
 pub mod host;
 pub mod v4;
+pub mod v5;
