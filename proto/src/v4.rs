@@ -467,6 +467,22 @@ mod tests {
     }
 
     #[test]
+    fn user_id_and_host_name_each_have_their_own_cap() {
+        // "fred" is 4 bytes, "files.internal" 14: each cap is tested with the other one loose.
+        let tight_user = Limits { max_user_id: 4, max_host_name: 20 };
+        assert_eq!(Request::decode_with(CONNECT_4A, &tight_user), Ok(Some((decoded(CONNECT_4A).0, CONNECT_4A.len()))));
+        let longer_user = b"\x04\x01\x00\x50\x00\x00\x00\x01fredd\0files.internal\0";
+        assert_eq!(Request::decode_with(longer_user, &tight_user), Err(ProtocolError::UserIdTooLong(4)));
+
+        let tight_name = Limits { max_user_id: 20, max_host_name: 14 };
+        assert!(Request::decode_with(CONNECT_4A, &tight_name).unwrap().is_some());
+        let longer_user = b"\x04\x01\x00\x50\x00\x00\x00\x01fredfredfred\0files.internal\0";
+        assert!(Request::decode_with(longer_user, &tight_name).unwrap().is_some());
+        let tight_name = Limits { max_user_id: 20, max_host_name: 13 };
+        assert_eq!(Request::decode_with(CONNECT_4A, &tight_name), Err(ProtocolError::HostNameTooLong(13)));
+    }
+
+    #[test]
     fn rejects_empty_and_malformed_host_names() {
         assert_eq!(Request::decode(b"\x04\x01\x00\x50\x00\x00\x00\x07\0\0"), Err(ProtocolError::EmptyHostName));
         for bad in [&b"a b"[..], b"a/b", b"..", b".x", b"a..b", b"\xff"] {
