@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use socks4_proto::{Command, Destination, Limits, ProtocolError, Reply, ReplyCode, Request};
+use socks4_proto::v4::{Command, Destination, Limits, ProtocolError, Reply, ReplyCode, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;

@@ -7,7 +7,7 @@
 use std::ffi::c_int;
 use std::net::{SocketAddr, SocketAddrV4};
 
-use socks4_proto::ReplyCode;
+use socks4_proto::v4::ReplyCode;
 
 use super::Verdict;
 use crate::config;

@@ -8,7 +8,7 @@
 use std::ffi::c_int;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
-use socks4_proto::{ReplyCode, Request};
+use socks4_proto::v4::{ReplyCode, Request};
 
 use super::{Verdict, proxy_for};
 use crate::config::{self, Config};

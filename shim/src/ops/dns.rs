@@ -11,7 +11,8 @@ use std::cell::UnsafeCell;
 use std::ffi::{CString, c_char, c_int};
 use std::net::{IpAddr, Ipv4Addr};
 
-use socks4_proto::Destination;
+use socks4_proto::host;
+use socks4_proto::v4::Destination;
 
 use super::Verdict;
 use crate::config::{self, Config};
@@ -209,19 +210,13 @@ pub fn static_hostent(answer: HostAnswer) -> Option<*mut libc::hostent> {
 
 /// Names that stay with the local resolver even with `remote_dns` on.
 pub fn is_local_name(config: &Config, name: &str, own_host_name: Option<&str>) -> bool {
-    let name = name.strip_suffix('.').unwrap_or(name);
+    let name = host::strip_root(name);
     if name.is_empty() || is_numeric(name) {
         return true;
     }
-    let under = |domain: &str| {
-        name.eq_ignore_ascii_case(domain)
-            || (name.len() > domain.len()
-                && name.as_bytes()[name.len() - domain.len() - 1] == b'.'
-                && name[name.len() - domain.len()..].eq_ignore_ascii_case(domain))
-    };
-    under("localhost")
-        || own_host_name.is_some_and(|own| !own.is_empty() && name.eq_ignore_ascii_case(own))
-        || config.direct_names.iter().any(|d| under(d))
+    host::is_within(name, "localhost")
+        || own_host_name.is_some_and(|own| !own.is_empty() && host::same_name(name, own))
+        || config.direct_names.iter().any(|d| host::is_within(name, d))
 }
 
 /// An address literal in any form libc accepts (`10.1.2.3`, `::1`, `10.1`, `0x0a000001`, `012.1`):
@@ -351,7 +346,7 @@ mod tests {
     fn config(direct_names: &[&str]) -> Config {
         let mut c = merge(Partial::default(), Partial::default(), || None);
         c.remote_dns = true;
-        c.direct_names = direct_names.iter().map(|s| s.to_string()).collect();
+        c.direct_names = direct_names.iter().map(|s| s.parse().unwrap()).collect();
         c
     }
 
