@@ -4,6 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
+use socks4_proto::host;
 use socks4_proto::v4::{Command, Destination, Limits, ProtocolError, Reply, ReplyCode, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -160,10 +161,8 @@ async fn receive(client: &mut TcpStream, config: &Config, rec: &mut Record) -> O
     };
     // "host." and "host" name the same host: one spelling for rules, lookups
     // and logs, so a trailing dot cannot step around a rule about the name.
-    if let Destination::Name(name) = &mut request.destination
-        && let Some(bare) = name.strip_suffix('.')
-    {
-        *name = bare.to_owned();
+    if let Destination::Name(name) = &mut request.destination {
+        name.truncate(host::strip_root(name).len());
     }
     rec.user = request.user_id_lossy().into_owned();
     rec.command = Some(request.command);

@@ -29,6 +29,8 @@ use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::time::Duration;
 
+use socks4_proto::host;
+
 /// First address of the placeholder network (240.0.0.0/8).
 pub const POOL_NET: Ipv4Addr = Ipv4Addr::new(240, 0, 0, 0);
 /// Number of names one process tree can hold.
@@ -284,14 +286,9 @@ fn placeholder(slot: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(POOL_NET) + slot as u32 + 1)
 }
 
-/// "host." and "host" are one name.
-fn without_root(name: &str) -> &str {
-    name.strip_suffix('.').unwrap_or(name)
-}
-
 impl Table {
     fn placeholder_for(&self, name: &str) -> Result<Ipv4Addr, PoolError> {
-        let name = without_root(name);
+        let name = host::strip_root(name);
         if name.len() > MAX_NAME {
             return Err(PoolError::NameTooLong);
         }
@@ -299,7 +296,7 @@ impl Table {
     }
 
     fn find(&self, name: &str) -> Result<Option<Ipv4Addr>, PoolError> {
-        Ok(self.lock_names()?.names.find(without_root(name)).map(placeholder))
+        Ok(self.lock_names()?.names.find(host::strip_root(name)).map(placeholder))
     }
 
     fn name_for(&self, ip: Ipv4Addr) -> Result<Option<String>, PoolError> {
