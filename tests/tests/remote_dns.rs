@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use socks4_tests::{
-    ChildGuard, FtpClient, Netns, PeerServer, PyFtpd, RunOutput, Socks4d, Socks4dOptions, TempDir, Topology, checksum,
-    go_binary, peer_payload, run_with_timeout, shim_command, supervise_command, test_content,
+    ChildGuard, FtpClient, Netns, NetnsFiles, PeerServer, PyFtpd, RunOutput, Socks4d, Socks4dOptions, TempDir,
+    Topology, checksum, go_binary, peer_payload, run_with_timeout, shim_command, supervise_command, test_content,
 };
 
 const NAME: &str = "files.internal";
@@ -32,28 +32,6 @@ name = "loopback clients"
 action = "allow"
 from = ["127.0.0.0/8"]
 "#;
-
-/// /etc/netns/<ns>/{hosts,resolv.conf} for one namespace; `Drop` removes the directory.
-struct NetnsFiles {
-    dir: PathBuf,
-}
-
-impl NetnsFiles {
-    fn new(ns: &Netns, hosts: &str, resolv: &str) -> NetnsFiles {
-        let dir = PathBuf::from("/etc/netns").join(ns.name());
-        std::fs::create_dir_all(&dir).expect("mkdir /etc/netns/<ns>");
-        let files = NetnsFiles { dir };
-        std::fs::write(files.dir.join("hosts"), hosts).expect("write netns hosts");
-        std::fs::write(files.dir.join("resolv.conf"), resolv).expect("write netns resolv.conf");
-        files
-    }
-}
-
-impl Drop for NetnsFiles {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// A DNS server that answers every query NXDOMAIN and writes each query's name to its log: the
 /// listener that must hear nothing while remote DNS is on.

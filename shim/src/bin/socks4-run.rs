@@ -1,6 +1,6 @@
-//! socks4-run: runs a program so that its connections go through a SOCKS4 server, with
-//! libsocks4.so preloaded (dynamic programs) or under the seccomp supervisor (static programs, Go,
-//! or any program with --supervise).
+//! socks4-run: runs a program so that its connections go through SOCKS servers (SOCKS4/4A or
+//! SOCKS5, per route, with failover and chains), with libsocks4.so preloaded (dynamic programs) or
+//! under the seccomp supervisor (static programs, Go, or any program with --supervise).
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -12,22 +12,31 @@ use clap::Parser;
 
 use socks4_shim::launcher::{self, Mode};
 use socks4_shim::supervisor;
+use socks4_shim::upstream::Url;
 
-/// Run PROGRAM so that its TCP connections go through a SOCKS4 server and its listening sockets
-/// become SOCKS4 BIND requests.
+/// Run PROGRAM so that its TCP connections go through SOCKS servers and its listening sockets
+/// become SOCKS BIND requests.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    /// SOCKS4 server as host:port (sets SOCKS4_SERVER).
-    #[arg(long, value_name = "HOST:PORT")]
+    /// The default route: a SOCKS server URL (socks4://, socks4a://, socks5://[user@], socks5h://,
+    /// or host:port for SOCKS4), or several separated by commas, tried in order (failover); or
+    /// "direct" / "block". Sets SOCKS4_SERVER. No passwords here (ps shows them): use
+    /// --password-file, SOCKS4_PASSWORD or the config file.
+    #[arg(long, value_name = "URL[,URL...]")]
     server: Option<String>,
-    /// User id sent in requests (sets SOCKS4_USER).
+    /// The password of SOCKS5 servers whose URL names a user: the first line of FILE (sets
+    /// SOCKS4_PASSWORD_FILE).
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// SOCKS4 user id sent in requests (sets SOCKS4_USER).
     #[arg(long)]
     user: Option<String>,
     /// Configuration file (sets SOCKS4_CONF).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// One stderr line per decision (sets SOCKS4_DEBUG=1).
+    /// One stderr line per connection: its destination and the upstream that carried it, or
+    /// direct (sets SOCKS4_DEBUG=1).
     #[arg(long)]
     debug: bool,
     /// Use the seccomp supervisor whatever the program is (default: for static programs only).
@@ -45,7 +54,18 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let mut settings = Vec::new();
     if let Some(server) = &args.server {
+        // The whole command line is readable by every user of the machine (ps, /proc).
+        if let Some(url) = server.split(',').filter_map(|u| Url::parse(u).ok()).find(|u| u.password.is_some()) {
+            eprintln!(
+                "socks4-run: --server {url}: a password on the command line is visible to every user (ps); \
+                 use --password-file FILE, SOCKS4_PASSWORD or the config file"
+            );
+            return ExitCode::from(2);
+        }
         settings.push(("SOCKS4_SERVER", OsString::from(server)));
+    }
+    if let Some(file) = &args.password_file {
+        settings.push(("SOCKS4_PASSWORD_FILE", file.clone().into_os_string()));
     }
     if let Some(user) = &args.user {
         settings.push(("SOCKS4_USER", OsString::from(user)));

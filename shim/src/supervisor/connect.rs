@@ -55,6 +55,7 @@ fn connect_then(sup: &'static Supervisor, call: Call, addr: u64, len: u64, then:
     // Plainly direct (not a placeholder, whose route is its name's): the kernel makes the call.
     let placeholder = crate::sockaddr::ipv4_of(&dest).is_some_and(|a| crate::dns_pool::is_placeholder(*a.ip()));
     if !placeholder && !dns_query && route(sup.config, &dest, None) == Route::Direct {
+        debug!("connect to {dest}: direct");
         return Some(Answer::Continue);
     }
     let fd = match sup.take_fd(&call) {
