@@ -390,10 +390,12 @@ impl Cx<'_> {
     }
 }
 
-/// A port (`80`, `"80"`) or an inclusive range (`"1-1023"`).
+/// A port (`80`, `"80"`) or an inclusive range (`"1-1023"`). Port 0 is a
+/// port like any other here, written either way: it is what a BIND with no
+/// primary port carries (see `Rule::new`).
 fn parse_ports(v: &toml::Value) -> Option<(u16, u16)> {
     match v {
-        toml::Value::Integer(n) => u16::try_from(*n).ok().filter(|&p| p != 0).map(|p| (p, p)),
+        toml::Value::Integer(n) => u16::try_from(*n).ok().map(|p| (p, p)),
         toml::Value::String(s) => {
             let (lo, hi) = match s.split_once('-') {
                 Some((lo, hi)) => (lo.trim().parse().ok()?, hi.trim().parse().ok()?),
@@ -511,6 +513,7 @@ ident = "match"
         assert_eq!(invalid("\nconnect_timeout = \"2 fortnights\"\n").0, 2);
         assert_eq!(invalid("\n[[rule]]\naction = \"allow\"\nports = [\"9-1\"]\n").1, "ports");
         assert_eq!(invalid("\n[[rule]]\naction = \"allow\"\nports = [70000]\n").0, 4);
+        assert_eq!(invalid("[[rule]]\naction = \"allow\"\nports = [-1]\n").1, "ports");
         assert_eq!(invalid("[[rule]]\naction = \"maybe\"\n").1, "action");
         assert_eq!(invalid("[[rule]]\naction = \"allow\"\nident = \"yes\"\n").0, 3);
         assert_eq!(invalid("[[rule]]\naction = \"allow\"\nto = [\"::/0\"]\n").1, "to");
@@ -526,6 +529,20 @@ ident = "match"
             (2, "external".into(), invalid("external = \"192.0.2.1\"").2)
         );
         assert_eq!(invalid("\n[[rule]]\nfrom = []\n").1, "[[rule]]");
+    }
+
+    /// `ports = [0]` and `ports = ["0"]` are the same rule (the integer was
+    /// once refused while the string was taken).
+    #[test]
+    fn port_zero_as_integer_or_string() {
+        let rule = |ports: &str| {
+            let text = format!("[[rule]]\naction = \"allow\"\nports = {ports}\n");
+            Config::parse(&text, "t.toml").unwrap_or_else(|e| panic!("{ports}: {e}")).rules.rules[0].ports.clone()
+        };
+        assert_eq!(rule("[0]"), vec![(0, 0)]);
+        assert_eq!(rule("[\"0\"]"), vec![(0, 0)]);
+        assert_eq!(rule("[\"0-0\"]"), vec![(0, 0)]);
+        assert_eq!(rule("[0, 65535]"), vec![(0, 0), (65535, 65535)]);
     }
 
     #[test]

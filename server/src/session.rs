@@ -121,6 +121,14 @@ async fn handle(client: &mut TcpStream, peer: SocketAddr, local: SocketAddr, con
     rec.command = Some(request.command);
     rec.dest = Some(format!("{}:{}", request.destination, request.port));
 
+    if request.command == Command::Connect && request.port == 0 {
+        // Nothing can listen on port 0: refused before any rule, lookup or
+        // packet. (For BIND, port 0 only says there is no primary
+        // connection; the rules decide as for any port.)
+        rec.reason = "port 0 is not a destination".into();
+        return refuse(client, rec, ReplyCode::Rejected).await;
+    }
+
     // SOCKS4A: resolve first, then decide on the name and every address,
     // so that a name cannot reach a network that the rules keep out.
     let query = |name, ip| Query {
