@@ -30,9 +30,8 @@ impl User {
             // SAFETY: every pointer is valid for the call; buf's length is
             // passed with it, and pwd's strings point into buf, which
             // outlives their use below (only numbers are copied out).
-            let rc = unsafe {
-                libc::getpwnam_r(c_name.as_ptr(), &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut found)
-            };
+            let rc =
+                unsafe { libc::getpwnam_r(c_name.as_ptr(), &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut found) };
             if rc == libc::ERANGE && buf.len() < 1 << 20 {
                 buf.resize(buf.len() * 4, 0);
                 continue;

@@ -363,7 +363,10 @@ pub async fn run_daemon(
 
     let Systemd { notify: notifier, listeners: inherited } = systemd;
     if !inherited.is_empty() {
-        tracing::info!(sockets = inherited.len(), "socket activation: serving the sockets passed by systemd, not `listen`");
+        tracing::info!(
+            sockets = inherited.len(),
+            "socket activation: serving the sockets passed by systemd, not `listen`"
+        );
     }
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let bound = Server::open_per_core(&config, cores, inherited)?;

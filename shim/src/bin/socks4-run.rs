@@ -1,6 +1,5 @@
 //! socks4-run: runs a program with libsocks4.so preloaded and the SOCKS settings in its environment.
 
-use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -12,33 +11,19 @@ use clap::Parser;
 #[path = "../launcher.rs"]
 mod launcher;
 
-/// Run PROGRAM so that its TCP connections go through a SOCKS4 server and its listening sockets
-/// become SOCKS4 BIND requests.
-#[derive(Parser)]
-#[command(version)]
-struct Args {
-    /// SOCKS4 server as host:port (sets SOCKS4_SERVER).
-    #[arg(long, value_name = "HOST:PORT")]
-    server: Option<String>,
-    /// User id sent in requests (sets SOCKS4_USER).
-    #[arg(long)]
-    user: Option<String>,
-    /// Configuration file (sets SOCKS4_CONF).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// One stderr line per decision (sets SOCKS4_DEBUG=1).
-    #[arg(long)]
-    debug: bool,
-    /// The program and its arguments.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM ARGS")]
-    command: Vec<OsString>,
-}
+#[path = "../cli.rs"]
+mod cli;
+
+use cli::Args;
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(PathBuf::from));
     let Some(lib) = exe_dir.as_deref().and_then(launcher::find_library) else {
-        eprintln!("socks4-run: cannot find {} next to this program, in deps/ or ../lib/", launcher::LIBRARY);
+        eprintln!(
+            "socks4-run: cannot find {} next to this program, in deps/, ../lib/ or the system's library directory",
+            launcher::LIBRARY
+        );
         return ExitCode::from(127);
     };
     let path_var = std::env::var_os("PATH");

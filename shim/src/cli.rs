@@ -1,0 +1,31 @@
+//! socks4-run's command line. Compiled into socks4-run with `#[path]` (as
+//! `launcher.rs` is) and into the man page generator (scripts/manpages), so
+//! socks4-run(1) is rendered from the definitions the launcher parses; not
+//! part of the library, whose hooks must not be linked into either.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Run PROGRAM so that its TCP connections go through a SOCKS4 server and its listening sockets
+/// become SOCKS4 BIND requests.
+#[derive(Parser)]
+#[command(name = "socks4-run", version)]
+pub struct Args {
+    /// SOCKS4 server as host:port (sets SOCKS4_SERVER).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub server: Option<String>,
+    /// User id sent in requests (sets SOCKS4_USER).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Configuration file (sets SOCKS4_CONF).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// One stderr line per decision (sets SOCKS4_DEBUG=1).
+    #[arg(long)]
+    pub debug: bool,
+    /// The program and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM ARGS")]
+    pub command: Vec<OsString>,
+}
