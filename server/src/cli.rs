@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use clap::Parser;
 
 /// A SOCKS4/4A server with access control by client, destination, port,
-/// user id and IDENT. Without --config: listens on 127.0.0.1:1080 and
-/// serves loopback clients only.
+/// user id and IDENT.
+///
+/// Without --config: listens on 127.0.0.1:1080 and serves loopback clients
+/// only.
 #[derive(Parser, Debug)]
 #[command(
     name = "socks4d",

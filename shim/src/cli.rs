@@ -8,7 +8,9 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-/// Run PROGRAM so that its TCP connections go through a SOCKS4 server and its listening sockets
+/// Run a program with its connections going through a SOCKS4 server.
+///
+/// Runs PROGRAM so that its TCP connections go through a SOCKS4 server and its listening sockets
 /// become SOCKS4 BIND requests.
 #[derive(Parser)]
 #[command(name = "socks4-run", version)]
