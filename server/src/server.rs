@@ -397,7 +397,7 @@ pub async fn run_daemon(
         }
     };
     notify(&format!("READY=1\n{}", status(&server)));
-    let mut status_tick = tokio::time::interval(STATUS_EVERY);
+    let mut status_tick = tokio::time::interval_at(tokio::time::Instant::now() + STATUS_EVERY, STATUS_EVERY);
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_status = server.active_sessions();
     loop {
