@@ -144,7 +144,8 @@ impl NotifySocket {
     pub fn recv_event(&self) -> String {
         loop {
             let msg = self.recv();
-            if !(msg.starts_with("STATUS=") && !msg.contains('\n')) {
+            let periodic = msg.starts_with("STATUS=") && !msg.contains('\n');
+            if !periodic {
                 return msg;
             }
         }
