@@ -113,14 +113,52 @@ pub fn to_roff(lines: &[String]) -> String {
     out
 }
 
-/// A code block, verbatim and unfilled, with `indent` leading columns removed.
+/// Columns a code line may have on an 80-column terminal: man indents sections by 7 and the
+/// block by 4 more.
+const CODE_WIDTH: usize = 80 - 7 - 4;
+
+/// A code block, verbatim and unfilled, with `indent` leading columns removed. A block too wide
+/// for 80 columns because of end-of-line `# comments` gets each comment on lines of its own
+/// above its code line.
 fn code(out: &mut String, lines: &[String], indent: usize) {
     *out += ".PP\n.RS 4\n.nf\n";
+    let lines: Vec<&str> = lines.iter().map(|l| l.get(indent..).unwrap_or(l.trim_start())).collect();
+    let lines = if lines.iter().any(|l| l.chars().count() > CODE_WIDTH) {
+        comments_above(&lines)
+    } else {
+        lines.iter().map(|l| l.to_string()).collect()
+    };
     for l in lines {
-        let l = l.get(indent..).unwrap_or(l.trim_start());
-        emit(out, &escape(l).replace('-', "\\-"));
+        emit(out, &escape(&l).replace('-', "\\-"));
     }
     *out += ".fi\n.RE\n";
+}
+
+/// `code   # comment` followed by `          # more comment` lines becomes `# comment`,
+/// `# more comment`, `code`.
+fn comments_above(lines: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        i += 1;
+        let Some(at) = line.find("  #").filter(|&at| !line[..at].trim().is_empty()) else {
+            out.push(line.to_string());
+            continue;
+        };
+        let code = line[..at].trim_end();
+        let lead = &code[..code.len() - code.trim_start().len()];
+        out.push(format!("{lead}{}", line[at..].trim_start()));
+        while i < lines.len()
+            && lines[i].trim_start().starts_with('#')
+            && lines[i].len() - lines[i].trim_start().len() > at
+        {
+            out.push(format!("{lead}{}", lines[i].trim_start()));
+            i += 1;
+        }
+        out.push(code.to_string());
+    }
+    out
 }
 
 /// A pipe table: each row a tagged paragraph, its first cell the tag, the other cells under it
@@ -165,7 +203,8 @@ fn escape(s: &str) -> String {
     s.replace('\\', "\\e")
 }
 
-/// `code` (any run of backticks) in bold with real minus signs, **bold**, [text](link) as text.
+/// `code` (any run of backticks) in bold, unhyphenated, with real minus signs; **bold**;
+/// [text](link) as text.
 pub fn inline(s: &str) -> String {
     let mut out = String::new();
     let mut rest = s;
@@ -178,7 +217,8 @@ pub fn inline(s: &str) -> String {
         match after.find(&fence) {
             Some(end) => {
                 let code = after[..end].trim();
-                out += &format!("\\fB{}\\fR", escape(code).replace('-', "\\-"));
+                // \% keeps the word whole: no hyphen inside a name or a key.
+                out += &format!("\\fB\\%{}\\fR", escape(code).replace('-', "\\-"));
                 rest = &after[end + ticks..];
             }
             None => {
@@ -211,9 +251,9 @@ mod tests {
 
     #[test]
     fn inline_markup() {
-        assert_eq!(inline("run `socks4d --check` now"), "run \\fBsocks4d \\-\\-check\\fR now");
+        assert_eq!(inline("run `socks4d --check` now"), "run \\fB\\%socks4d \\-\\-check\\fR now");
         assert_eq!(inline("a **b** c"), "a \\fBb\\fR c");
-        assert_eq!(inline("``x `y` z``"), "\\fBx `y` z\\fR");
+        assert_eq!(inline("``x `y` z``"), "\\fB\\%x `y` z\\fR");
         assert_eq!(inline("see [the spec](https://x/y) and \\n"), "see the spec and \\en");
     }
 
@@ -230,9 +270,17 @@ mod tests {
     }
 
     #[test]
+    fn wide_code_gets_its_comments_above() {
+        let wide = format!("key = 1{}# what it is", " ".repeat(70));
+        let more = format!("{}# and more", " ".repeat(77));
+        let md: Vec<String> = ["```", &wide, &more, "plain = 2", "```"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(to_roff(&md), ".PP\n.RS 4\n.nf\n# what it is\n# and more\nkey = 1\nplain = 2\n.fi\n.RE\n");
+    }
+
+    #[test]
     fn tables_become_tagged_paragraphs() {
         let md: Vec<String> =
             ["| A | B | C |", "|---|---|---|", "| `x` | - | yes |"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(to_roff(&md), ".TP\n\\fBx\\fR\nC: yes\n");
+        assert_eq!(to_roff(&md), ".TP\n\\fB\\%x\\fR\nC: yes\n");
     }
 }
