@@ -283,24 +283,43 @@ fn service_filters_allow_what_socks4d_uses() {
     let mut families = BTreeSet::new();
     for line in trace.lines() {
         let rest = line.split_once(' ').map_or("", |(_, r)| r.trim_start());
-        let rest = rest.strip_prefix("<... ").unwrap_or(rest);
+        let (rest, resumed) = match rest.strip_prefix("<... ") {
+            Some(r) => (r, true),
+            None => (rest, false),
+        };
         let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-        if !name.is_empty() && (rest[name.len()..].starts_with('(') || rest[name.len()..].starts_with(" resumed>")) {
-            if name == "socket" {
-                families.insert(rest[7..].split(',').next().unwrap_or("").to_string());
-            }
-            used.insert(name);
+        let after = &rest[name.len()..];
+        if name.is_empty() || !(after.starts_with('(') || after.starts_with(" resumed>")) {
+            continue; // signals, exits
         }
+        if name == "socket" && !resumed {
+            families.insert(after[1..].split(',').next().unwrap_or("").to_string());
+        }
+        used.insert(name);
     }
     assert!(used.contains("splice") && used.contains("accept4"), "the trace missed the relay: {used:?}");
+    // The filters as the installed unit states them: allow lines, then `~` deny lines.
+    let unit = std::fs::read_to_string(SERVICE).unwrap();
+    let values = |key: &str| -> Vec<String> {
+        let prefix = format!("{key}=");
+        unit.lines().filter_map(|l| l.strip_prefix(&prefix)).map(String::from).collect()
+    };
     let groups = syscall_groups();
-    let expand = |group: &str| expand_group(&groups, group);
-    let denied: BTreeSet<String> = expand("@privileged").union(&expand("@resources")).cloned().collect();
-    let allowed: BTreeSet<String> = expand("@system-service").difference(&denied).cloned().collect();
-    let blocked: Vec<&String> = used.iter().filter(|s| !allowed.contains(*s)).collect();
+    let expand = |items: &str| -> BTreeSet<String> {
+        items
+            .split_whitespace()
+            .flat_map(|i| if i.starts_with('@') { expand_group(&groups, i) } else { BTreeSet::from([i.to_string()]) })
+            .collect()
+    };
+    let filters = values("SystemCallFilter");
+    assert!(!filters.is_empty(), "{SERVICE} has no SystemCallFilter=");
+    let allowed: BTreeSet<String> = filters.iter().filter(|f| !f.starts_with('~')).flat_map(|f| expand(f)).collect();
+    let denied: BTreeSet<String> = filters.iter().filter_map(|f| f.strip_prefix('~')).flat_map(expand).collect();
+    let blocked: Vec<&String> = used.iter().filter(|s| !allowed.contains(*s) || denied.contains(*s)).collect();
     assert!(blocked.is_empty(), "socks4d uses system calls socks4d.service forbids: {blocked:?}");
-    let allowed_families = ["AF_INET", "AF_INET6", "AF_UNIX"];
-    assert!(families.iter().all(|f| allowed_families.contains(&f.as_str())), "address families {families:?}");
+    let allowed_families: BTreeSet<String> =
+        values("RestrictAddressFamilies").iter().flat_map(|v| v.split_whitespace().map(String::from)).collect();
+    assert!(families.is_subset(&allowed_families), "address families {families:?}, allowed {allowed_families:?}");
 }
 
 /// Every group `systemd-analyze syscall-filter` prints, with its members (system calls and
