@@ -387,19 +387,18 @@ pub async fn run_daemon(
     for addr in server.local_addrs() {
         tracing::info!(addr = %addr, "listening");
     }
-    let status = |server: &Server| {
-        let addrs: Vec<String> = server.local_addrs().iter().map(ToString::to_string).collect();
-        format!("STATUS=listening on {}; {} live sessions", addrs.join(", "), server.active_sessions())
-    };
+    let addrs: Vec<String> = server.local_addrs().iter().map(ToString::to_string).collect();
+    let status = |sessions: usize| format!("STATUS=listening on {}; {sessions} live sessions", addrs.join(", "));
     let notify = |state: &str| {
         if let Some(n) = &notifier {
             n.notify(state);
         }
     };
-    notify(&format!("READY=1\n{}", status(&server)));
+    // The session count systemd last heard; the periodic STATUS only says a new one.
+    let mut reported = server.active_sessions();
+    notify(&format!("READY=1\n{}", status(reported)));
     let mut status_tick = tokio::time::interval_at(tokio::time::Instant::now() + STATUS_EVERY, STATUS_EVERY);
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_status = server.active_sessions();
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -408,14 +407,16 @@ pub async fn run_daemon(
                     on_reload(&config);
                     server.reload(config);
                 }
-                notify(&format!("READY=1\n{}", status(&server)));
+                reported = server.active_sessions();
+                notify(&format!("READY=1\n{}", status(reported)));
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = status_tick.tick(), if notifier.is_some() => {
-                if server.active_sessions() != last_status {
-                    last_status = server.active_sessions();
-                    notify(&status(&server));
+                let now = server.active_sessions();
+                if now != reported {
+                    reported = now;
+                    notify(&status(now));
                 }
             }
         }
