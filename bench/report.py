@@ -21,6 +21,8 @@ HS_VS_DANTED = 3.0
 HS_VS_MICROSOCKS = 1.5
 KIB_PER_RELAY = 8.0
 SHIM_NS = 1000.0
+SUP_HS_VS_SHIM = 0.7
+SUP_TP_VS_SHIM = 0.95
 # "RSS back near idle": at most this share of what the relays added is
 # still held after they close (1 MiB slack for noise).
 RETAINED_SHARE = 0.10
@@ -91,6 +93,17 @@ class Run:
         if not plain or not shim:
             return None
         return min(shim) - min(plain)
+
+    def supervisor_overhead_ns(self):
+        plain, sup = self.loop.get("plain"), self.loop.get("supervised")
+        if not plain or not sup:
+            return None
+        return min(sup) - min(plain)
+
+    def handshake_rate(self, label):
+        """Proxied connects per second from connect_loop's fastest run's median."""
+        v = self.loop.get(label)
+        return 1e9 / min(v) if v else None
 
     def eisconn_overhead_ns(self):
         plain, shim = self.eisconn.get("plain"), self.eisconn.get("shim")
@@ -236,7 +249,36 @@ def targets(run):
     ns = run.shim_overhead_ns()
     text = fmt(ns, " ns") + (" (below the noise)" if ns is not None and ns <= 0 else "")
     out.append((f"shim overhead on a direct connect < {SHIM_NS:g} ns", text, ns is not None and ns < SHIM_NS))
+    r = ratio(run.handshake_rate("hs-supervisor"), run.handshake_rate("hs-shim"))
+    out.append((f"handshakes/s: supervisor >= {SUP_HS_VS_SHIM}x shim", fmt(r, "x"), r is not None and r >= SUP_HS_VS_SHIM))
+    for streams in (1, 4):
+        r = ratio(run.iperf.get(("supervised", streams)), run.iperf.get(("socks4d", streams)))
+        out.append((f"relay throughput {streams} stream{'s' if streams > 1 else ''} (iperf3 via socks4d): "
+                    f"supervisor >= {SUP_TP_VS_SHIM}x shim", fmt(r, "x"), r is not None and r >= SUP_TP_VS_SHIM))
     return out
+
+
+def supervisor_section(run):
+    """The seccomp supervisor against the shim, same program, same proxy, same run."""
+    hs_shim, hs_sup = run.handshake_rate("hs-shim"), run.handshake_rate("hs-supervisor")
+    lines = ["| metric | shim (LD_PRELOAD) | supervisor (seccomp) | supervisor / shim |", "|---|---|---|---|"]
+    lines.append(f"| proxied connects/s (connect_loop through socks4d) | {fmt(hs_shim)} | {fmt(hs_sup)} | "
+                 f"{fmt(ratio(hs_sup, hs_shim), 'x')} |")
+    for streams in (1, 4):
+        a, b = run.iperf.get(("socks4d", streams)), run.iperf.get(("supervised", streams))
+        lines.append(f"| iperf3 via socks4d, {streams} stream{'s' if streams > 1 else ''} (Gbit/s) | {fmt(a)} | "
+                     f"{fmt(b)} | {fmt(ratio(b, a), 'x')} |")
+    plain = min(run.loop["plain"]) if run.loop.get("plain") else None
+    sup = min(run.loop["supervised"]) if run.loop.get("supervised") else None
+    eis_plain = min(run.eisconn["plain"]) if run.eisconn.get("plain") else None
+    eis_sup = min(run.eisconn["supervised"]) if run.eisconn.get("supervised") else None
+    return lines + [
+        "",
+        f"A connect that goes direct (loopback) costs {fmt(plain, ' ns')} plain and {fmt(sup, ' ns')} under the "
+        f"supervisor (socket + connect + close, fastest run's median): **{fmt(run.supervisor_overhead_ns(), ' ns')} "
+        f"more** (one notification round trip; the kernel then makes the call). A connect() failing with EISCONN "
+        f"on a direct socket: {fmt(eis_plain, ' ns')} plain, {fmt(eis_sup, ' ns')} supervised.",
+    ]
 
 
 def chart(run, path):
@@ -371,6 +413,13 @@ def main():
         f"fastest run): {fmt(min(run.eisconn['plain']) if run.eisconn.get('plain') else None, ' ns')} without and "
         f"{fmt(min(run.eisconn['shim']) if run.eisconn.get('shim') else None, ' ns')} with the shim: "
         f"{fmt(run.eisconn_overhead_ns(), ' ns')}.",
+        "",
+        "## Seccomp supervisor against the shim",
+        "",
+        "The same programs under `socks4-run --supervise` and under `LD_PRELOAD=libsocks4.so`, through socks4d,",
+        "interleaved in one run. Relayed data never passes through the supervisor; only the calls it must see do.",
+        "",
+        *supervisor_section(run),
         "",
         "## Targets",
         "",

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use socks4_proto::{REPLY_LEN, Reply};
+use socks4_proto::v4::{REPLY_LEN, Reply};
 
 fuzz_target!(|buf: &[u8]| {
     let result = Reply::decode(buf);

@@ -6,14 +6,14 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use socks4_proto::{Destination, Limits, ProtocolError, Request};
+use socks4_proto::v4::{Destination, Limits, ProtocolError, Request};
 
 fuzz_target!(|data: &[u8]| {
     // The first two bytes choose the caps, so the fuzzer reaches the
     // "field too long" paths without needing 256-byte inputs; 0xff means the
     // default cap, so long realistic inputs are covered too.
     let Some((&[u, h], buf)) = data.split_first_chunk::<2>() else { return };
-    let cap = |b: u8| if b == 0xff { socks4_proto::DEFAULT_MAX_FIELD } else { usize::from(b % 64) };
+    let cap = |b: u8| if b == 0xff { socks4_proto::v4::DEFAULT_MAX_FIELD } else { usize::from(b % 64) };
     let limits = Limits { max_user_id: cap(u), max_host_name: cap(h) };
 
     let result = Request::decode_with(buf, &limits);

@@ -5,7 +5,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use socks4_proto::{Command, Destination, Limits, ProtocolError, Request};
+use socks4_proto::v4::{Command, Destination, Limits, ProtocolError, Request};
 use std::net::Ipv4Addr;
 
 #[derive(Debug, Arbitrary)]
@@ -36,7 +36,7 @@ fuzz_target!(|input: Input| {
         }
         None => {
             let ip = Ipv4Addr::from(input.ip);
-            if socks4_proto::is_socks4a_marker(ip) {
+            if socks4_proto::v4::is_socks4a_marker(ip) {
                 return; // on the wire that is a 4A marker, not an address
             }
             Destination::Ip(ip)

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
-use socks4_proto::Command;
+use socks4_proto::v4::Command;
 use toml::Spanned;
 
 use crate::privileges::User;

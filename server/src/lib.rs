@@ -22,4 +22,4 @@ mod workers;
 
 pub use config::{Config, ConfigError, External};
 pub use rules::{Decision, Query, Rules, evaluate};
-pub use server::{Server, run, run_daemon};
+pub use server::{Server, run_daemon};

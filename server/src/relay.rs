@@ -180,6 +180,44 @@ mod tests {
         assert_eq!(traffic, Traffic::default());
     }
 
+    /// Reads to EOF within 5 s, so a relay that never passes a FIN on fails
+    /// the test instead of hanging it.
+    async fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut got))
+            .await
+            .expect("EOF passed on within 5 s")
+            .unwrap();
+        got
+    }
+
+    /// One side half-closes and only then does the other answer: its EOF
+    /// can only come through the relay (the far end has not closed), and
+    /// the answer must still flow back after it.
+    #[tokio::test]
+    async fn half_close_reaches_the_other_side_and_the_answer_still_flows() {
+        for client_first in [true, false] {
+            let (mut client_far, mut client) = pair().await;
+            let (mut dest, mut dest_far) = pair().await;
+            let relay = tokio::spawn(async move {
+                let mut traffic = Traffic::default();
+                relay(&mut client, &mut dest, &mut traffic).await.unwrap();
+                traffic
+            });
+            let (first, second) =
+                if client_first { (&mut client_far, &mut dest_far) } else { (&mut dest_far, &mut client_far) };
+            first.write_all(b"request").await.unwrap();
+            first.shutdown().await.unwrap();
+            assert_eq!(read_to_eof(second).await, b"request", "client first: {client_first}");
+            second.write_all(b"late answer").await.unwrap();
+            second.shutdown().await.unwrap();
+            assert_eq!(read_to_eof(first).await, b"late answer", "client first: {client_first}");
+            let traffic = tokio::time::timeout(std::time::Duration::from_secs(5), relay).await.unwrap().unwrap();
+            let (up, down) = if client_first { (7, 11) } else { (11, 7) };
+            assert_eq!(traffic, Traffic { up, down });
+        }
+    }
+
     #[tokio::test]
     async fn copy_fallback_relays_exactly() {
         let (mut src_far, mut src) = pair().await;

@@ -1,7 +1,6 @@
 //! The server: accept loops over the listeners, the session cap, live
 //! config reload, graceful shutdown, and the daemon's signal handling.
 
-use std::future::Future;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use socks4_proto::{Reply, ReplyCode};
+use socks4_proto::v4::{Reply, ReplyCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
@@ -218,19 +217,6 @@ impl Bound {
     pub fn serve(self, config: Config) -> Server {
         Server::start(self.listeners, self.local_addrs, config, Some(self.workers))
     }
-}
-
-/// Serves `listeners` until `shutdown` resolves, then drains as
-/// [`Server::shutdown`] does.
-///
-/// # Errors
-///
-/// If the server cannot start on the listeners.
-pub async fn run(listeners: Vec<TcpListener>, config: Config, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-    let server = Server::from_listeners(listeners, config)?;
-    shutdown.await;
-    server.shutdown().await;
-    Ok(())
 }
 
 /// Decrements the session count however the session task ends.

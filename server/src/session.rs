@@ -4,7 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use socks4_proto::{Command, Destination, Limits, ProtocolError, Reply, ReplyCode, Request};
+use socks4_proto::host;
+use socks4_proto::v4::{Command, Destination, Limits, ProtocolError, Reply, ReplyCode, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -96,41 +97,10 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, c
     rec.finished = true;
 }
 
+/// The steps of a session, each of which may end it: read the request, find the destination
+/// addresses, let the rules decide, check IDENT, then carry out the command.
 async fn handle(client: &mut TcpStream, peer: SocketAddr, local: SocketAddr, config: &Config, rec: &mut Record) {
-    let (mut request, leftover) = match timeout(config.handshake_timeout, read_request(client)).await {
-        Err(_) => return rec.reason = "handshake timeout".into(),
-        Ok(Err(ReadError::Closed)) => return rec.reason = "closed before the request ended".into(),
-        Ok(Err(ReadError::Protocol(ProtocolError::BadVersion(v)))) => {
-            // Not a SOCKS4 client: it could not read a SOCKS4 reply anyway.
-            return rec.reason = format!("request version {v}: closed without reply");
-        }
-        Ok(Err(ReadError::Protocol(e))) => {
-            rec.reason = e.to_string();
-            return refuse(client, rec, ReplyCode::Rejected).await;
-        }
-        Ok(Ok(r)) => r,
-    };
-    // "host." and "host" name the same host: one spelling for rules, lookups
-    // and logs, so a trailing dot cannot step around a rule about the name.
-    if let Destination::Name(name) = &mut request.destination
-        && let Some(bare) = name.strip_suffix('.')
-    {
-        *name = bare.to_owned();
-    }
-    rec.user = request.user_id_lossy().into_owned();
-    rec.command = Some(request.command);
-    rec.dest = Some(format!("{}:{}", request.destination, request.port));
-
-    if request.command == Command::Connect && request.port == 0 {
-        // Nothing can listen on port 0: refused before any rule, lookup or
-        // packet. (For BIND, port 0 only says there is no primary
-        // connection; the rules decide as for any port.)
-        rec.reason = "port 0 is not a destination".into();
-        return refuse(client, rec, ReplyCode::Rejected).await;
-    }
-
-    // SOCKS4A: resolve first, then decide on the name and every address,
-    // so that a name cannot reach a network that the rules keep out.
+    let Some((request, leftover)) = receive(client, config, rec).await else { return };
     let query = |name, ip| Query {
         client: peer.ip(),
         command: request.command,
@@ -139,56 +109,123 @@ async fn handle(client: &mut TcpStream, peer: SocketAddr, local: SocketAddr, con
         ip,
         user: &request.user_id,
     };
-    let (name, addrs) = match &request.destination {
-        Destination::Ip(ip) => (None, vec![*ip]),
-        Destination::Name(name) if !rules::may_allow(&config.rules, &query(Some(name.as_str()), None)) => {
-            rec.reason = "refused by rules (name not looked up)".into();
+    let (name, addrs) = match destination_addresses(&request, &query, config).await {
+        Ok(found) => found,
+        Err(reason) => {
+            rec.reason = reason;
             return refuse(client, rec, ReplyCode::Rejected).await;
         }
-        Destination::Name(name) => match resolve(name, config.resolve_timeout).await {
-            Ok(addrs) => (Some(name.as_str()), addrs),
-            Err(e) => {
-                rec.reason = format!("cannot resolve: {e}");
+    };
+    let (decision, allowed) =
+        match allowed_addresses(&addrs, |ip| rules::evaluate(&config.rules, &query(name, Some(ip)))) {
+            Ok(allowed) => allowed,
+            Err(refusal) => {
+                rec.set_rule(refusal.and_then(|d| d.rule), config);
+                rec.reason = "refused by rules".into();
                 return refuse(client, rec, ReplyCode::Rejected).await;
             }
-        },
-    };
-    if addrs.iter().all(|ip| ip.is_unspecified()) && request.command == Command::Connect {
-        // Linux takes a connect to 0.0.0.0 as one to this host, which would
-        // slip past rules about 127.0.0.0/8.
-        rec.reason = "0.0.0.0 is not a destination".into();
-        return refuse(client, rec, ReplyCode::Rejected).await;
-    }
-    let mut decision = None;
-    let mut refusal = None;
-    let mut allowed = Vec::new();
-    for &ip in &addrs {
-        let d = rules::evaluate(&config.rules, &query(name, Some(ip)));
-        if d.action == Action::Allow {
-            // The first allowed address's rule sets the IDENT check; another
-            // address is used only if its own rule asks for no more than that.
-            if d.ident <= decision.get_or_insert(d).ident {
-                allowed.push(ip);
-            }
-        } else {
-            refusal.get_or_insert(d);
-        }
-    }
-    let Some(decision) = decision else {
-        rec.set_rule(refusal.and_then(|d| d.rule), config);
-        rec.reason = "refused by rules".into();
-        return refuse(client, rec, ReplyCode::Rejected).await;
-    };
+        };
     rec.set_rule(decision.rule, config);
-
     if let Some(code) = check_ident(&decision, peer, local, &request.user_id, config, rec).await {
         return refuse(client, rec, code).await;
     }
-
     match request.command {
         Command::Connect => connect(client, &allowed, request.port, &leftover, config, rec).await,
         Command::Bind => bind(client, local, &allowed, &leftover, config, rec).await,
     }
+}
+
+/// Reads the request within `handshake_timeout` and notes it in the log record; `None` when the
+/// session is over (refused, or closed without a reply).
+async fn receive(client: &mut TcpStream, config: &Config, rec: &mut Record) -> Option<(Request, Vec<u8>)> {
+    let (mut request, leftover) = match timeout(config.handshake_timeout, read_request(client)).await {
+        Err(_) => {
+            rec.reason = "handshake timeout".into();
+            return None;
+        }
+        Ok(Err(ReadError::Closed)) => {
+            rec.reason = "closed before the request ended".into();
+            return None;
+        }
+        Ok(Err(ReadError::Protocol(ProtocolError::BadVersion(v)))) => {
+            // Not a SOCKS4 client: it could not read a SOCKS4 reply anyway.
+            rec.reason = format!("request version {v}: closed without reply");
+            return None;
+        }
+        Ok(Err(ReadError::Protocol(e))) => {
+            rec.reason = e.to_string();
+            refuse(client, rec, ReplyCode::Rejected).await;
+            return None;
+        }
+        Ok(Ok(r)) => r,
+    };
+    // "host." and "host" name the same host: one spelling for rules, lookups
+    // and logs, so a trailing dot cannot step around a rule about the name.
+    if let Destination::Name(name) = &mut request.destination {
+        name.truncate(host::strip_root(name).len());
+    }
+    rec.user = request.user_id_lossy().into_owned();
+    rec.command = Some(request.command);
+    rec.dest = Some(format!("{}:{}", request.destination, request.port));
+    Some((request, leftover))
+}
+
+/// The addresses a request points at, and the SOCKS4A name if it had one. A name is looked up
+/// only if some allow rule could match the request at all (no DNS queries on behalf of clients
+/// the rules keep out); the rules then see the name and each address. `Err` is the log reason of
+/// a refusal.
+async fn destination_addresses<'r>(
+    request: &'r Request,
+    query: &impl Fn(Option<&'r str>, Option<Ipv4Addr>) -> Query<'r>,
+    config: &Config,
+) -> Result<(Option<&'r str>, Vec<Ipv4Addr>), String> {
+    if request.command == Command::Connect && request.port == 0 {
+        // Nothing can listen on port 0: refused before any rule, lookup or
+        // packet. (For BIND, port 0 only says there is no primary
+        // connection; the rules decide as for any port.)
+        return Err("port 0 is not a destination".into());
+    }
+    let (name, addrs) = match &request.destination {
+        Destination::Ip(ip) => (None, vec![*ip]),
+        Destination::Name(name) if !rules::may_allow(&config.rules, &query(Some(name.as_str()), None)) => {
+            return Err("refused by rules (name not looked up)".into());
+        }
+        Destination::Name(name) => {
+            let addrs = resolve(name, config.resolve_timeout).await.map_err(|e| format!("cannot resolve: {e}"))?;
+            (Some(name.as_str()), addrs)
+        }
+    };
+    if addrs.iter().all(|ip| ip.is_unspecified()) && request.command == Command::Connect {
+        // Linux takes a connect to 0.0.0.0 as one to this host, which would
+        // slip past rules about 127.0.0.0/8.
+        return Err("0.0.0.0 is not a destination".into());
+    }
+    Ok((name, addrs))
+}
+
+/// The addresses the rules allow, in order, with the decision that governs them all: the first
+/// allowed address's. A later address is kept only if its own rule asks for no stricter IDENT
+/// check than that one, so the one IDENT check made covers every address that may be used.
+/// `Err` carries the first refusing decision (a rule, or none matched).
+fn allowed_addresses(
+    addrs: &[Ipv4Addr],
+    decide: impl Fn(Ipv4Addr) -> Decision,
+) -> Result<(Decision, Vec<Ipv4Addr>), Option<Decision>> {
+    let mut governing: Option<Decision> = None;
+    let mut refusal = None;
+    let mut allowed = Vec::new();
+    for &ip in addrs {
+        let d = decide(ip);
+        if d.action != Action::Allow {
+            refusal.get_or_insert(d);
+            continue;
+        }
+        let first = *governing.get_or_insert(d);
+        if d.ident <= first.ident {
+            allowed.push(ip);
+        }
+    }
+    governing.map(|d| (d, allowed)).ok_or(refusal)
 }
 
 enum ReadError {
@@ -305,6 +342,8 @@ async fn connect(
     relay_with(client, &mut dest, leftover, rec).await;
 }
 
+/// BIND: a listener where our CONNECTs to the host come from, the first reply with its address,
+/// one connection within `connect_timeout` from an expected host, the second reply, the relay.
 async fn bind(
     client: &mut TcpStream,
     local: SocketAddr,
@@ -313,16 +352,7 @@ async fn bind(
     config: &Config,
     rec: &mut Record,
 ) {
-    // Listen where our CONNECTs to that host come from (see net::external_for);
-    // if no route is known, on the address the client reached, else anywhere.
-    let expected = addrs[0];
-    let ip = net::external_for(config.external, expected)
-        .or(match local.ip() {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(v6) => v6.to_ipv4_mapped(),
-        })
-        .unwrap_or(Ipv4Addr::UNSPECIFIED);
-    let listener = match net::bind_listener(ip) {
+    let listener = match bind_listener(local, addrs[0], config) {
         Ok(l) => l,
         Err(e) => {
             rec.reason = format!("bind listener: {e}");
@@ -331,52 +361,80 @@ async fn bind(
     };
     let bound = match listener.local_addr() {
         Ok(SocketAddr::V4(a)) => a,
-        _ => SocketAddrV4::new(ip, 0),
+        _ => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
     };
     rec.reply = Some(ReplyCode::Granted);
     if client.write_all(&Reply::new(ReplyCode::Granted, bound).to_bytes()).await.is_err() {
         return rec.reason = "client gone before the first reply".into();
     }
+    let (mut peer_stream, from) = match the_one_connection(listener, client, config.connect_timeout).await {
+        Incoming::Connected(stream, from) => (stream, from),
+        Incoming::Cancelled => return rec.reason = "bind: cancelled by the client".into(),
+        Incoming::Failed(reason) => {
+            rec.reason = reason;
+            return refuse(client, rec, ReplyCode::Rejected).await;
+        }
+    };
+    // DSTIP 0.0.0.0 names no host: any host may connect (the rules' `to` still had to allow 0.0.0.0).
+    if !addrs.contains(from.ip()) && !addrs[0].is_unspecified() {
+        rec.reason = format!("bind: connection from {from}, expected {}", addrs[0]);
+        drop(peer_stream);
+        return refuse(client, rec, ReplyCode::Rejected).await;
+    }
+    let _ = peer_stream.set_nodelay(true);
+    if client.write_all(&Reply::new(ReplyCode::Granted, from).to_bytes()).await.is_err() {
+        return rec.reason = "client gone before the second reply".into();
+    }
+    relay_with(client, &mut peer_stream, leftover, rec).await;
+}
 
-    let waited = timeout(config.connect_timeout, async {
+/// The BIND listener: on the address our CONNECTs to `expected` come from (see
+/// net::external_for), so the application server sees one address for both connections; if no
+/// route is known, on the address the client reached, else anywhere.
+fn bind_listener(local: SocketAddr, expected: Ipv4Addr, config: &Config) -> std::io::Result<tokio::net::TcpListener> {
+    let ip = net::external_for(config.external, expected)
+        .or(match local.ip() {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+        })
+        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+    net::bind_listener(ip)
+}
+
+/// How BIND's wait for its one connection ended.
+enum Incoming {
+    Connected(TcpStream, SocketAddrV4),
+    /// The client closed while waiting: no reply to send.
+    Cancelled,
+    /// Timed out or failed: the log reason, and a 91 to send.
+    Failed(String),
+}
+
+/// Waits up to `limit` for one connection, or for the client to give up; the listener is closed
+/// as soon as the wait is over, which frees the port.
+async fn the_one_connection(listener: tokio::net::TcpListener, client: &TcpStream, limit: Duration) -> Incoming {
+    let waited = timeout(limit, async {
         tokio::select! {
             accepted = listener.accept() => Some(accepted),
             () = client_gone(client) => None,
         }
     })
     .await;
-    // One connection only: stop listening now, which frees the port.
     drop(listener);
-    let (mut peer_stream, from) = match waited {
-        Err(_) => {
-            rec.reason = "bind: no connection in time".into();
-            return refuse(client, rec, ReplyCode::Rejected).await;
+    match waited {
+        Err(_) => Incoming::Failed("bind: no connection in time".into()),
+        Ok(None) => Incoming::Cancelled,
+        Ok(Some(Err(e))) => Incoming::Failed(format!("bind: accept: {e}")),
+        Ok(Some(Ok((stream, from)))) => {
+            let from = match from {
+                SocketAddr::V4(a) => a,
+                SocketAddr::V6(a) => {
+                    SocketAddrV4::new(a.ip().to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED), a.port())
+                }
+            };
+            Incoming::Connected(stream, from)
         }
-        Ok(None) => {
-            rec.reason = "bind: cancelled by the client".into();
-            return;
-        }
-        Ok(Some(Err(e))) => {
-            rec.reason = format!("bind: accept: {e}");
-            return refuse(client, rec, ReplyCode::Rejected).await;
-        }
-        Ok(Some(Ok(a))) => a,
-    };
-    let from_v4 = match from {
-        SocketAddr::V4(a) => a,
-        SocketAddr::V6(a) => SocketAddrV4::new(a.ip().to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED), a.port()),
-    };
-    // DSTIP 0.0.0.0 names no host: any host may connect (the rules' `to` still had to allow 0.0.0.0).
-    if !addrs.contains(from_v4.ip()) && !expected.is_unspecified() {
-        rec.reason = format!("bind: connection from {from}, expected {expected}");
-        drop(peer_stream);
-        return refuse(client, rec, ReplyCode::Rejected).await;
     }
-    let _ = peer_stream.set_nodelay(true);
-    if client.write_all(&Reply::new(ReplyCode::Granted, from_v4).to_bytes()).await.is_err() {
-        return rec.reason = "client gone before the second reply".into();
-    }
-    relay_with(client, &mut peer_stream, leftover, rec).await;
 }
 
 /// Resolves when the client closes (or fails) while BIND waits. Data from
@@ -426,4 +484,34 @@ pub(crate) async fn linger_close(client: &mut TcpStream) {
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(action: Action, rule: usize, ident: IdentMode) -> Decision {
+        Decision { action, rule: Some(rule), ident }
+    }
+
+    /// The first allowed address's rule governs; later addresses whose rules ask for a stricter
+    /// IDENT check are dropped, laxer or equal ones kept; refused addresses are skipped.
+    #[test]
+    fn allowed_addresses_follow_the_first_allowing_rule() {
+        let ip = |d: u8| Ipv4Addr::new(192, 0, 2, d);
+        let rules = |addr: Ipv4Addr| match addr.octets()[3] {
+            1 => decision(Action::Deny, 0, IdentMode::Off),
+            2 => decision(Action::Allow, 1, IdentMode::Require),
+            3 => decision(Action::Allow, 2, IdentMode::Match),
+            4 => decision(Action::Allow, 3, IdentMode::Off),
+            _ => decision(Action::Allow, 4, IdentMode::Require),
+        };
+        let (governing, allowed) = allowed_addresses(&[ip(1), ip(2), ip(3), ip(4), ip(5)], rules).unwrap();
+        assert_eq!(governing, decision(Action::Allow, 1, IdentMode::Require));
+        assert_eq!(allowed, [ip(2), ip(4), ip(5)]);
+        let (governing, allowed) = allowed_addresses(&[ip(4), ip(2)], rules).unwrap();
+        assert_eq!((governing.rule, allowed), (Some(3), vec![ip(4)]));
+        assert_eq!(allowed_addresses(&[ip(1)], rules), Err(Some(decision(Action::Deny, 0, IdentMode::Off))));
+        assert_eq!(allowed_addresses(&[], rules), Err(None));
+    }
 }

@@ -47,7 +47,10 @@ async fn bind_granted_relays_both_ways() {
     // Half-close from the client ends the peer's input; the peer can still answer.
     c.shutdown().await.unwrap();
     let mut rest = Vec::new();
-    incoming.read_to_end(&mut rest).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), incoming.read_to_end(&mut rest))
+        .await
+        .expect("the client's half-close reaches the peer")
+        .unwrap();
     assert!(rest.is_empty());
     incoming.write_all(b"bye").await.unwrap();
     drop(incoming);
@@ -112,6 +115,12 @@ async fn bind_socks4a_checks_the_resolved_address() {
     let (mut c, bound) = bind(proxy, &request(2, marker, b"", Some("localhost")), Ipv4Addr::LOCALHOST).await;
     let incoming = connect_from(Ipv4Addr::LOCALHOST, bound).await.unwrap();
     assert_eq!(read_reply(&mut c).await, reply(90, v4(incoming.local_addr().unwrap())));
+    // localhost is 127.0.0.1 only: a connection from 127.0.0.2 is another host.
+    let (mut c, bound) = bind(proxy, &request(2, marker, b"", Some("localhost")), Ipv4Addr::LOCALHOST).await;
+    let mut intruder = connect_from(Ipv4Addr::new(127, 0, 0, 2), bound).await.unwrap();
+    assert_eq!(read_reply(&mut c).await, REJECTED);
+    expect_closed(&mut c).await;
+    expect_closed(&mut intruder).await;
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ async fn connect_granted_carries_outgoing_address_and_relays() {
     let (dest, mut seen) = echo_server(Ipv4Addr::LOCALHOST).await;
     let mut c = send(proxy, &request(1, dest, b"fred", None)).await;
     let got = read_reply(&mut c).await;
-    let outgoing = seen.recv().await.unwrap();
+    let outgoing = next_peer(&mut seen).await;
     // The reply names the address the destination saw, exactly.
     assert_eq!(got, reply(90, v4(outgoing)));
     c.write_all(b"hello through socks").await.unwrap();
@@ -30,7 +30,7 @@ async fn connect_from_external_address() {
     let (dest, mut seen) = echo_server(Ipv4Addr::LOCALHOST).await;
     let mut c = send(proxy, &request(1, dest, b"", None)).await;
     let got = read_reply(&mut c).await;
-    let outgoing = v4(seen.recv().await.unwrap());
+    let outgoing = v4(next_peer(&mut seen).await);
     assert_eq!(*outgoing.ip(), Ipv4Addr::new(127, 0, 0, 2));
     assert_eq!(got, reply(90, outgoing));
 }
@@ -103,7 +103,7 @@ async fn socks4a_localhost_is_resolved() {
     let marker = SocketAddrV4::new(Ipv4Addr::new(0, 0, 0, 1), dest.port());
     let mut c = send(proxy, &request(1, marker, b"fred", Some("localhost"))).await;
     let got = read_reply(&mut c).await;
-    assert_eq!(got, reply(90, v4(seen.recv().await.unwrap())));
+    assert_eq!(got, reply(90, v4(next_peer(&mut seen).await)));
     c.write_all(b"4a").await.unwrap();
     assert_eq!(read_n(&mut c, 2).await, b"4a");
 }
@@ -279,7 +279,7 @@ async fn ipv6_loopback_client_with_builtin_default() {
     let server = socks4_server::Server::from_listeners(vec![listener], config).unwrap();
     let (dest, mut seen) = echo_server(Ipv4Addr::LOCALHOST).await;
     let mut c = send(server.local_addrs()[0], &request(1, dest, b"", None)).await;
-    assert_eq!(read_reply(&mut c).await, reply(90, v4(seen.recv().await.unwrap())));
+    assert_eq!(read_reply(&mut c).await, reply(90, v4(next_peer(&mut seen).await)));
     c.write_all(b"v6").await.unwrap();
     assert_eq!(read_n(&mut c, 2).await, b"v6");
 }

@@ -150,7 +150,7 @@ fn megabyte_user_ids_and_names_are_refused_at_the_cap() {
 /// SOCKS4 client, or the request never ended) or exactly 91 (a SOCKS4
 /// request that is malformed). `None` for a valid request.
 fn expected_answer(bytes: &[u8]) -> Option<&'static [u8]> {
-    use socks4_proto::{ProtocolError, Request};
+    use socks4_proto::v4::{ProtocolError, Request};
     match Request::decode(bytes) {
         Err(ProtocolError::BadVersion(_)) => Some(b""),
         Err(_) => Some(&REJECTED),

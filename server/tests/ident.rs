@@ -48,7 +48,8 @@ async fn require_sends_the_rfc_query_and_grants() {
     let (dest, _d) = echo_server(Ipv4Addr::LOCALHOST).await;
     let mut c = send(proxy, &request(1, dest, b"fred", None)).await;
     assert_eq!(read_reply(&mut c).await[..2], [0, 90]);
-    let (ident_peer, query) = seen.recv().await.unwrap();
+    let (ident_peer, query) =
+        tokio::time::timeout(Duration::from_secs(5), seen.recv()).await.expect("identd asked in time").unwrap();
     // From the address the client reached, about (client port, proxy port).
     assert_eq!(ident_peer.ip(), proxy.ip());
     assert_eq!(query, format!("{} , {}\r\n", c.local_addr().unwrap().port(), proxy.port()));
@@ -74,7 +75,7 @@ async fn require_with_ident_error_gets_92() {
 }
 
 #[tokio::test]
-async fn silent_or_endless_identd_gets_92() {
+async fn overlong_or_unended_line_gets_92() {
     // No end of line within 1000 characters.
     let (port, _seen) = identd(|_| "x".repeat(2000)).await;
     let (_server, proxy) = start(&config(port, "require")).await;
@@ -86,6 +87,74 @@ async fn silent_or_endless_identd_gets_92() {
     let (_server, proxy) = start(&config(port, "require")).await;
     let mut c = send(proxy, &request(1, dest, b"fred", None)).await;
     assert_eq!(read_reply(&mut c).await[1], 92);
+}
+
+/// How an identd that never gives a whole answer behaves.
+#[derive(Clone, Copy)]
+enum Stuck {
+    /// Listens but never accepts: the kernel completes the connection, nobody reads.
+    NeverAccepts,
+    /// Accepts and reads the query, then says nothing.
+    Silent,
+    /// Answers a byte stream without end, never a newline.
+    Endless,
+}
+
+/// An identd stuck in `how`; returns its port. Lives as long as the test's runtime.
+async fn stuck_identd(how: Stuck) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        if let Stuck::NeverAccepts = how {
+            let _keep = listener;
+            return std::future::pending::<()>().await;
+        }
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut s = BufReader::new(s);
+                let mut line = String::new();
+                let _ = s.read_line(&mut line).await;
+                match how {
+                    Stuck::Endless => {
+                        let chunk = [b'x'; 64];
+                        while s.get_mut().write_all(&chunk).await.is_ok() {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                    _ => {
+                        let _keep = s;
+                        std::future::pending::<()>().await
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A stuck identd is a failed IDENT (92), never a pass: for `require` and
+/// `match`, within about `ident_timeout` (1 s in these configs), and the
+/// destination hears nothing.
+#[tokio::test]
+async fn stuck_identd_gets_92_at_the_time_limit() {
+    for how in [Stuck::NeverAccepts, Stuck::Silent, Stuck::Endless] {
+        for mode in ["require", "match"] {
+            let port = stuck_identd(how).await;
+            let (_server, proxy) = start(&config(port, mode)).await;
+            let (dest, mut d) = echo_server(Ipv4Addr::LOCALHOST).await;
+            let started = std::time::Instant::now();
+            let mut c = send(proxy, &request(1, dest, b"fred", None)).await;
+            assert_eq!(read_reply(&mut c).await, [0, 92, 0, 0, 0, 0, 0, 0], "{mode}");
+            let took = started.elapsed();
+            expect_closed(&mut c).await;
+            assert!(d.try_recv().is_err(), "{mode}: the destination was reached");
+            // The endless talker may be cut earlier, by the line limit.
+            if !matches!(how, Stuck::Endless) {
+                assert!(took >= Duration::from_millis(900), "{mode}: 92 after {took:?}, before ident_timeout");
+            }
+            assert!(took < Duration::from_secs(4), "{mode}: 92 only after {took:?}");
+        }
+    }
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use hostile_support::*;
 use proptest::prelude::*;
-use socks4_proto::Command;
+use socks4_proto::v4::Command;
 use socks4_server::Config;
 use socks4_server::rules::{Action, Query, evaluate, may_allow};
 

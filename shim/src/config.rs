@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use serde::Deserialize;
+use socks4_proto::host::HostName;
 use toml::Spanned;
 
 /// Where the file is looked for when SOCKS4_CONF is not set.
@@ -34,7 +35,7 @@ pub struct Config {
     /// (SOCKS4A). Default: on unless the server is on loopback.
     pub remote_dns: bool,
     /// Names resolved locally even with `remote_dns` (each entry: that name and the names under it).
-    pub direct_names: Vec<String>,
+    pub direct_names: Vec<HostName>,
     /// The configuration could not be read: fail closed.
     pub broken: bool,
 }
@@ -101,7 +102,7 @@ pub struct Partial {
     pub debug: Option<bool>,
     pub proxy_fixed_ports: Option<bool>,
     pub remote_dns: Option<bool>,
-    pub direct_names: Option<Vec<String>>,
+    pub direct_names: Option<Vec<HostName>>,
 }
 
 #[derive(Deserialize)]
@@ -334,13 +335,11 @@ fn parse_net(s: &str) -> Result<IpNet, String> {
 }
 
 /// A `direct_names` entry: a host name, optionally written `*.name` or `.name` (same meaning).
-fn parse_name(s: &str) -> Result<String, String> {
-    let name = s.trim().trim_start_matches("*.").trim_start_matches('.').trim_end_matches('.');
-    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if name.is_empty() || !name.chars().all(valid) {
-        return Err(format!("`{s}` is not a host name or domain (e.g. `corp.example` or `*.corp.example`)"));
-    }
-    Ok(name.to_ascii_lowercase())
+fn parse_name(s: &str) -> Result<HostName, String> {
+    let trimmed = s.trim();
+    let name = trimmed.strip_prefix("*.").or_else(|| trimmed.strip_prefix('.')).unwrap_or(trimmed);
+    HostName::parse(name)
+        .map_err(|_| format!("`{s}` is not a host name or domain (e.g. `corp.example` or `*.corp.example`)"))
 }
 
 fn parse_timeout(secs: f64) -> Result<Duration, String> {
@@ -437,10 +436,11 @@ mod tests {
         let p =
             parse_file("f", "remote_dns = true\ndirect_names = [\"*.Corp.example\", \".lan\", \"host\"]\n").unwrap();
         assert_eq!(p.remote_dns, Some(true));
-        assert_eq!(p.direct_names, Some(vec!["corp.example".into(), "lan".into(), "host".into()]));
-        let (env, err) = parse_env(env(&[("SOCKS4_DIRECT_NAMES", "a.example, b.example")]));
+        let names = |n: &[&str]| Some(n.iter().map(|n| n.parse().unwrap()).collect::<Vec<HostName>>());
+        assert_eq!(p.direct_names, names(&["corp.example", "lan", "host"]));
+        let (env, err) = parse_env(env(&[("SOCKS4_DIRECT_NAMES", "a.example, b.example.")]));
         assert_eq!(err, None);
-        assert_eq!(env.direct_names, Some(vec!["a.example".into(), "b.example".into()]));
+        assert_eq!(env.direct_names, names(&["a.example", "b.example"]));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The logic of `socks4-run` (compiled into it with `#[path]`, and into the rlib for its tests): find libsocks4.so, build LD_PRELOAD, and say when preloading cannot
+//! The logic of `socks4-run`: find libsocks4.so, build LD_PRELOAD, and say when preloading cannot
 //! work (static binaries, setuid programs).
 
 use std::ffi::{OsStr, OsString};
@@ -119,6 +119,29 @@ fn elf_has_interp(b: &[u8]) -> Option<bool> {
 /// Setuid or setgid: the dynamic loader ignores LD_PRELOAD paths for those.
 pub fn is_set_id(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o6000 != 0)
+}
+
+/// How socks4-run socksifies a program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// LD_PRELOAD=libsocks4.so: no context switch per hooked call.
+    Preload,
+    /// The seccomp supervisor: reaches static programs, Go and raw system calls.
+    Supervise,
+}
+
+/// The mode for `program`: the supervisor when the loader would ignore LD_PRELOAD because there
+/// is no loader (a static ELF, or a script whose interpreter is one), else the shim.
+pub fn pick_mode(program: &OsStr, path_var: Option<&OsStr>) -> Mode {
+    let Some(path) = resolve_program(program, path_var) else { return Mode::Preload };
+    let target = match linkage(&path) {
+        Ok(Linkage::Script(interp)) => interp,
+        _ => path,
+    };
+    match linkage(&target) {
+        Ok(Linkage::Static) => Mode::Supervise,
+        _ => Mode::Preload,
+    }
 }
 
 /// Warnings to print before exec'ing `program`, so the shim never silently does nothing.

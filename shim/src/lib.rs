@@ -1,26 +1,25 @@
-//! libsocks4.so: an LD_PRELOAD shim that sends a program's TCP connections through a SOCKS4 server
-//! (CONNECT) and turns its listening sockets into SOCKS4 BIND requests.
+//! The shim's core: everything `libsocks4.so` (the hooks, package socks4-preload) and
+//! `socks4-run` decide and do, as safe functions over raw descriptors.
 //!
-//! Layers: `hooks` (the exported C functions, thin) call `ops` (safe decisions), which use the
-//! `registry` (descriptor -> state), `route` (direct or proxied), `config` (read once), `socks`
-//! (the exchange on the program's socket) and `sys` (the real libc functions). `unsafe` lives only
-//! in `hooks`, `sys` and `sockaddr`. The rlib exposes the safe parts for tests and `socks4-run`.
+//! Layers: `ops` (what one intercepted call does) uses the `registry` (descriptor -> state),
+//! `route` (direct or proxied), `config` (read once), `socks` (the exchange on the program's
+//! socket), `dns_pool` (remote-DNS placeholders shared across fork) and `sys` (the real libc
+//! functions). `unsafe` lives in `sys`, `sockaddr`, `dns_pool` (the shared mapping and its lock)
+//! and `ops::dns` (the `hostent` laid out in a caller's buffer), each block with its `SAFETY:`
+//! line; the hooks crate holds the rest.
 #![deny(unsafe_op_in_unsafe_fn)]
-// The unit-test build has no hooks, so parts of the core are unused there.
-#![cfg_attr(test, allow(dead_code))]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod cli;
 pub mod config;
-mod dns_pool;
-mod guard;
+pub mod dns_pool;
+pub mod guard;
 pub mod launcher;
-mod log;
-mod ops;
+pub mod log;
+pub mod ops;
 pub mod registry;
 pub mod route;
-mod sockaddr;
-mod socks;
-mod sys;
-
-// Not in the unit-test binary: it would intercept the test harness's own calls.
-#[cfg(not(test))]
-mod hooks;
+pub mod sockaddr;
+pub mod socks;
+pub mod supervisor;
+pub mod sys;

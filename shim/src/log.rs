@@ -42,11 +42,13 @@ pub fn line(args: fmt::Arguments<'_>) {
 }
 
 /// A line the user must see: a refused or failed connection, a broken configuration.
+#[macro_export]
 macro_rules! error {
     ($($t:tt)*) => { $crate::log::line(format_args!($($t)*)) };
 }
 
 /// One line per decision, only with SOCKS4_DEBUG=1.
+#[macro_export]
 macro_rules! debug {
     ($($t:tt)*) => {
         if $crate::log::debug_enabled() {
@@ -55,4 +57,4 @@ macro_rules! debug {
     };
 }
 
-pub(crate) use {debug, error};
+pub use crate::{debug, error};

@@ -45,8 +45,7 @@ pub struct BindState {
     /// The address from the first reply (0.0.0.0 replaced by the server's), in the socket's family.
     pub local: SocketAddr,
     /// Bytes of the second reply received so far.
-    pub second_reply: [u8; 8],
-    pub received: usize,
+    pub second: crate::socks::ReplyProgress,
     /// Whether the socket was non-blocking when the one connection was accepted (later accepts then
     /// answer EAGAIN rather than EINVAL); None until then.
     pub accepted: Option<bool>,
@@ -334,18 +333,17 @@ mod tests {
             SocketState::Bind(BindState {
                 conn: v4("10.0.0.5:21"),
                 local: "192.0.2.1:5000".parse().unwrap(),
-                second_reply: [0; 8],
-                received: 0,
+                second: Default::default(),
                 accepted: None,
                 v6: false,
             }),
         );
         r.update(3, |s| {
             if let SocketState::Bind(b) = s {
-                b.received = 3;
+                b.second.received = 3;
             }
         });
-        assert!(matches!(r.get(3), Some(SocketState::Bind(BindState { received: 3, .. }))));
+        assert!(matches!(r.get(3), Some(SocketState::Bind(b)) if b.second.received == 3));
         assert_eq!(r.update(4, |_| ()), None);
     }
 }

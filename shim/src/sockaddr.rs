@@ -38,7 +38,8 @@ impl RawAddr {
         }
     }
 
-    pub fn len(&self) -> socklen_t {
+    /// The size of the sockaddr behind [`RawAddr::as_ptr`], for the call's length argument.
+    pub fn size(&self) -> socklen_t {
         (match self {
             RawAddr::V4(_) => size_of::<sockaddr_in>(),
             RawAddr::V6(_) => size_of::<sockaddr_in6>(),
@@ -48,6 +49,12 @@ impl RawAddr {
 
 /// A `sockaddr_storage` for a real call to fill in.
 pub struct Storage(sockaddr_storage);
+
+impl Default for Storage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl Storage {
     pub fn new() -> Self {
@@ -118,12 +125,12 @@ pub unsafe fn write(addr: &SocketAddr, out: *mut sockaddr, len: *mut socklen_t) 
     let raw = RawAddr::from(addr);
     // SAFETY: len is valid per the contract.
     let room = unsafe { *len } as usize;
-    let n = room.min(raw.len() as usize);
-    // SAFETY: raw is raw.len() bytes long, out has room for `room` bytes, and they cannot overlap
+    let n = room.min(raw.size() as usize);
+    // SAFETY: raw is raw.size() bytes long, out has room for `room` bytes, and they cannot overlap
     // (raw is on our stack).
     unsafe { std::ptr::copy_nonoverlapping(raw.as_ptr().cast::<u8>(), out.cast::<u8>(), n) };
     // SAFETY: as above.
-    unsafe { *len = raw.len() };
+    unsafe { *len = raw.size() };
 }
 
 /// An IPv4 address as the socket's family wants it: IPv4-mapped IPv6 for an AF_INET6 socket.
@@ -152,8 +159,8 @@ mod tests {
         for s in ["10.1.2.3:21", "[::ffff:10.1.2.3]:21", "[2001:db8::1]:443"] {
             let addr: SocketAddr = s.parse().unwrap();
             let raw = RawAddr::from(&addr);
-            // SAFETY: raw is a valid sockaddr of raw.len() bytes.
-            assert_eq!(unsafe { read(raw.as_ptr(), raw.len()) }, Some(addr));
+            // SAFETY: raw is a valid sockaddr of raw.size() bytes.
+            assert_eq!(unsafe { read(raw.as_ptr(), raw.size()) }, Some(addr));
         }
     }
 

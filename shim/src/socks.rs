@@ -5,7 +5,7 @@ use std::ffi::c_int;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use socks4_proto::{ProtocolError, REPLY_LEN, Reply, Request};
+use socks4_proto::v4::{ProtocolError, REPLY_LEN, Reply, Request};
 
 use crate::sys::{self, Errno};
 
@@ -38,6 +38,14 @@ impl ExchangeError {
             ExchangeError::Garbage(_) => libc::EPROTO,
         }
     }
+}
+
+/// The bytes of a reply received so far, kept across calls (a non-blocking accept reads BIND's
+/// second reply in pieces).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplyProgress {
+    pub bytes: [u8; REPLY_LEN],
+    pub received: usize,
 }
 
 /// Connects `fd` to `proxy`, sends `request` and reads the reply. The descriptor is made
@@ -153,7 +161,7 @@ mod tests {
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
 
-    use socks4_proto::{Destination, ReplyCode};
+    use socks4_proto::v4::{Destination, ReplyCode};
 
     const GRANTED: &[u8] = b"\x00\x5a\x04\x38\x0a\x00\x00\x02";
 

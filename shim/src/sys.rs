@@ -197,8 +197,8 @@ fn check(ret: c_int) -> Result<c_int, Errno> {
 
 pub fn connect(fd: c_int, addr: &SocketAddr) -> Result<(), Errno> {
     let raw = RawAddr::from(addr);
-    // SAFETY: raw points at a sockaddr of raw.len() bytes that lives across the call.
-    check(unsafe { real::connect(fd, raw.as_ptr(), raw.len()) }).map(drop)
+    // SAFETY: raw points at a sockaddr of raw.size() bytes that lives across the call.
+    check(unsafe { real::connect(fd, raw.as_ptr(), raw.size()) }).map(drop)
 }
 
 /// Dissolves a connection (connect with AF_UNSPEC), so a socket whose SOCKS exchange failed is not
@@ -211,8 +211,8 @@ pub fn disconnect(fd: c_int) {
 
 pub fn bind(fd: c_int, addr: &SocketAddr) -> Result<(), Errno> {
     let raw = RawAddr::from(addr);
-    // SAFETY: raw points at a sockaddr of raw.len() bytes that lives across the call.
-    check(unsafe { real::bind(fd, raw.as_ptr(), raw.len()) }).map(drop)
+    // SAFETY: raw points at a sockaddr of raw.size() bytes that lives across the call.
+    check(unsafe { real::bind(fd, raw.as_ptr(), raw.size()) }).map(drop)
 }
 
 pub fn send(fd: c_int, buf: &[u8], flags: c_int) -> Result<usize, Errno> {

@@ -16,7 +16,7 @@ pub struct Binaries {
 static BINARIES: OnceLock<Binaries> = OnceLock::new();
 static SOCKS4D: OnceLock<PathBuf> = OnceLock::new();
 
-/// Runs `cargo build -p socks4-server -p socks4-shim` once per process, so no test ever runs a
+/// Runs `cargo build -p socks4-server -p socks4-shim -p socks4-preload` once per process, so no test ever runs a
 /// stale binary or .so (a test binary's dev-dependencies do not rebuild the bins or the cdylib
 /// on their own in every case). Nested cargo is fine during `cargo test`: the outer cargo holds
 /// no build lock while the tests run.
@@ -25,7 +25,7 @@ static SOCKS4D: OnceLock<PathBuf> = OnceLock::new();
 /// When the build fails (with cargo's output), or a product is missing afterwards.
 pub fn binaries() -> &'static Binaries {
     BINARIES.get_or_init(|| {
-        let profile_dir = cargo_build(&["socks4-server", "socks4-shim"]);
+        let profile_dir = cargo_build(&["socks4-server", "socks4-shim", "socks4-preload"]);
         let binaries = Binaries {
             socks4d: profile_dir.join("socks4d"),
             shim: profile_dir.join("libsocks4.so"),

@@ -17,6 +17,11 @@ pub enum FtpClient {
     /// lftp with `ftp:passive-mode off`. It silently falls back to passive, so callers must
     /// assert the PORT/EPRT in the server's log.
     Lftp,
+    /// curl with `--ftp-port -` (the control connection's local address), one curl per transfer
+    /// run by /bin/sh.
+    Curl,
+    /// Python's ftplib with `set_pasv(False)`.
+    Ftplib,
 }
 
 /// What to do in one session: log in, optionally list a directory, fetch files.
@@ -51,13 +56,16 @@ impl FtpJob {
 pub type FtpRun = RunOutput;
 
 impl FtpClient {
-    pub const ALL: [FtpClient; 3] = [FtpClient::Inetutils, FtpClient::Tnftp, FtpClient::Lftp];
+    pub const ALL: [FtpClient; 5] =
+        [FtpClient::Inetutils, FtpClient::Tnftp, FtpClient::Lftp, FtpClient::Curl, FtpClient::Ftplib];
 
     pub fn program(self) -> &'static str {
         match self {
             FtpClient::Inetutils => "/usr/bin/inetutils-ftp",
             FtpClient::Tnftp => "/usr/bin/tnftp",
             FtpClient::Lftp => "/usr/bin/lftp",
+            FtpClient::Curl => "/bin/sh",
+            FtpClient::Ftplib => "/usr/bin/python3",
         }
     }
 
@@ -68,14 +76,14 @@ impl FtpClient {
             FtpClient::Inetutils => vec!["-n".into(), "-v".into(), "-i".into()],
             // -A: active mode; -n: no auto-login.
             FtpClient::Tnftp => vec!["-A".into(), "-n".into(), "-v".into()],
-            FtpClient::Lftp => vec!["-c".into(), self.script(job)],
+            FtpClient::Lftp | FtpClient::Curl | FtpClient::Ftplib => vec!["-c".into(), self.script(job)],
         }
     }
 
     /// The commands fed on stdin (empty for lftp, which takes them with -c).
     pub fn stdin(self, job: &FtpJob) -> String {
         match self {
-            FtpClient::Lftp => String::new(),
+            FtpClient::Lftp | FtpClient::Curl | FtpClient::Ftplib => String::new(),
             _ => self.script(job),
         }
     }
@@ -122,6 +130,54 @@ impl FtpClient {
                     s += &format!("put {} -o {remote}; ", local.display());
                 }
                 s += "bye";
+            }
+            FtpClient::Curl => {
+                let base = match job.server {
+                    SocketAddr::V4(a) => format!("ftp://{}:{}", a.ip(), a.port()),
+                    SocketAddr::V6(a) => format!("ftp://[{}]:{}", a.ip(), a.port()),
+                };
+                let curl = format!("curl -sS --fail --max-time 20 --ftp-port - --user '{}:{}'", job.user, job.password);
+                let mut steps = Vec::new();
+                if let Some(dir) = &job.list {
+                    let dir = dir.trim_start_matches('.').trim_matches('/');
+                    steps.push(format!("{curl} '{base}/{dir}'"));
+                }
+                for (remote, local) in &job.get {
+                    steps.push(format!("{curl} -o '{}' '{base}/{remote}'", local.display()));
+                }
+                for (local, remote) in &job.put {
+                    steps.push(format!("{curl} -T '{}' '{base}/{remote}'", local.display()));
+                }
+                s = format!("set -e; {}", steps.join("; "));
+            }
+            FtpClient::Ftplib => {
+                let q = |x: &str| format!("{x:?}");
+                s += "import ftplib, sys\n";
+                s += &format!(
+                    "f = ftplib.FTP(timeout=20)\nf.connect({}, {})\nf.login({}, {})\nf.set_pasv(False)\n",
+                    q(&job.server.ip().to_string()),
+                    job.server.port(),
+                    q(&job.user),
+                    q(&job.password)
+                );
+                if let Some(dir) = &job.list {
+                    s += &format!("f.retrlines('LIST ' + {})\n", q(dir));
+                }
+                for (remote, local) in &job.get {
+                    s += &format!(
+                        "with open({}, 'wb') as out:\n    f.retrbinary('RETR ' + {}, out.write)\n",
+                        q(&local.display().to_string()),
+                        q(remote)
+                    );
+                }
+                for (local, remote) in &job.put {
+                    s += &format!(
+                        "with open({}, 'rb') as src:\n    f.storbinary('STOR ' + {}, src)\n",
+                        q(&local.display().to_string()),
+                        q(remote)
+                    );
+                }
+                s += "f.quit()\n";
             }
         }
         s

@@ -37,3 +37,19 @@ pub fn socks4_run_command(program: &str, proxy: SocketAddr) -> Command {
         .arg(program);
     cmd
 }
+
+/// `socks4-run --supervise --server proxy -- program` (the seccomp supervisor whatever the
+/// program), with SOCKS4_DIRECT="" and no SOCKS4_USER.
+pub fn supervise_command(program: &str, proxy: SocketAddr) -> Command {
+    let mut cmd = Command::new(&binaries().socks4_run);
+    cmd.env("SOCKS4_DIRECT", "")
+        .env_remove("SOCKS4_SERVER")
+        .env_remove("SOCKS4_USER")
+        .env_remove("LD_PRELOAD")
+        .arg("--supervise")
+        .arg("--server")
+        .arg(proxy.to_string())
+        .arg("--")
+        .arg(program);
+    cmd
+}

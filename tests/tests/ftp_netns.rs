@@ -98,6 +98,16 @@ fn shim_lftp_active_through_socks4d_firewall() {
 }
 
 #[test]
+fn shim_curl_active_through_socks4d_firewall() {
+    shim_through_socks4d(FtpClient::Curl);
+}
+
+#[test]
+fn shim_ftplib_active_through_socks4d_firewall() {
+    shim_through_socks4d(FtpClient::Ftplib);
+}
+
+#[test]
 fn socksify_inetutils_ftp_active_through_socks4d_firewall() {
     let topo = Topology::firewall();
     let socks4d = socks4d_in(&topo, CONFIG);

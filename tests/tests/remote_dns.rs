@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use socks4_tests::{
-    ChildGuard, FtpClient, Netns, PyFtpd, RunOutput, Socks4d, Socks4dOptions, TempDir, Topology, checksum,
-    run_with_timeout, shim_command, test_content,
+    ChildGuard, FtpClient, Netns, PeerServer, PyFtpd, RunOutput, Socks4d, Socks4dOptions, TempDir, Topology, checksum,
+    go_binary, peer_payload, run_with_timeout, shim_command, supervise_command, test_content,
 };
 
 const NAME: &str = "files.internal";
@@ -344,7 +344,10 @@ struct LoopbackNs {
 impl LoopbackNs {
     fn new() -> LoopbackNs {
         let ns = Netns::new("rdns");
-        let files = NetnsFiles::new(&ns, &format!("127.0.0.1 localhost\n127.0.0.1 {NAME}\n"), "nameserver 127.0.0.1\n");
+        // n<k>.internal is 127.0.1.<k>: a destination tells which name it was reached by.
+        let many: String = (0..MANY_NAMES).map(|k| format!("127.0.1.{k} n{k}.internal\n")).collect();
+        let hosts = format!("127.0.0.1 localhost\n127.0.0.1 {NAME}\n{many}");
+        let files = NetnsFiles::new(&ns, &hosts, "nameserver 127.0.0.1\n");
         let socks4d = Socks4d::start_with(
             LOOPBACK_CONFIG,
             &Socks4dOptions { listen: None, netns: Some(ns.name().to_string()), rust_log: None },
@@ -365,6 +368,79 @@ impl LoopbackNs {
             .args(["-c", program]);
         run_with_timeout(&mut self.ns.wrap(&cmd), b"", Duration::from_secs(20))
     }
+}
+
+/// Names `n0.internal` .. in the loopback namespace's hosts file.
+const MANY_NAMES: usize = 20;
+
+/// Four forked children resolve twenty names at once, in different orders, and connect to each:
+/// all processes get one placeholder per name, no two names share one, and every connection
+/// reaches the address of the name it was made for (socks4d resolved the right name).
+#[test]
+fn concurrent_lookups_from_several_processes_share_one_table() {
+    let lo = LoopbackNs::new();
+    let program = format!(
+        r#"
+import os, socket
+N, K = {MANY_NAMES}, 4
+srv = socket.socket()
+srv.bind(("0.0.0.0", 0))
+srv.listen(N * K)
+port = srv.getsockname()[1]
+pids = []
+for c in range(K):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            got = {{}}
+            for i in range(N):
+                name = "n%d.internal" % ((i * 7 + c * 3) % N)
+                ip = socket.getaddrinfo(name, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+                got[name] = ip
+                s = socket.create_connection((ip, port), timeout=10)
+                s.sendall(name.encode())
+                s.close()
+            print("child", " ".join("%s=%s" % kv for kv in sorted(got.items())), flush=True)
+            os._exit(0)
+        except Exception as e:
+            print("child error", e, flush=True)
+            os._exit(1)
+    pids.append(pid)
+srv.settimeout(15)
+for _ in range(N * K):
+    conn, _ = srv.accept()
+    conn.settimeout(10)
+    data = b""
+    while True:
+        chunk = conn.recv(100)
+        if not chunk:
+            break
+        data += chunk
+    print("conn", conn.getsockname()[0], data.decode(), flush=True)
+    conn.close()
+for p in pids:
+    _, status = os.waitpid(p, 0)
+    print("exit", os.waitstatus_to_exitcode(status), flush=True)
+"#
+    );
+    let out = lo.python(&program, true);
+    let diag = || format!("{out}\n--- socks4d ---\n{}", lo.socks4d.log());
+    assert!(out.success(), "{}", diag());
+    let maps: Vec<&str> = out.stdout.lines().filter_map(|l| l.strip_prefix("child ")).collect();
+    assert_eq!(maps.len(), 4, "{}", diag());
+    assert!(maps.iter().all(|m| *m == maps[0]), "processes disagree on placeholders: {}", diag());
+    let placeholders: std::collections::HashSet<&str> =
+        maps[0].split(' ').map(|kv| kv.split_once('=').map_or("", |(_, ip)| ip)).collect();
+    assert_eq!(placeholders.len(), MANY_NAMES, "two names share a placeholder: {}", diag());
+    assert!(placeholders.iter().all(|ip| ip.starts_with("240.")), "{}", diag());
+    let conns: Vec<&str> = out.stdout.lines().filter_map(|l| l.strip_prefix("conn ")).collect();
+    assert_eq!(conns.len(), 4 * MANY_NAMES, "{}", diag());
+    for conn in conns {
+        let (local, name) = conn.split_once(' ').unwrap_or(("", ""));
+        let k = name.strip_prefix('n').and_then(|r| r.strip_suffix(".internal")).unwrap_or("?");
+        assert_eq!(local, format!("127.0.1.{k}"), "{name} reached the wrong address: {}", diag());
+    }
+    assert_eq!(out.stdout.matches("exit 0\n").count(), 4, "{}", diag());
 }
 
 /// The parent resolves, a forked child connects: the placeholder table is shared across fork.
@@ -497,4 +573,40 @@ print("other.example", socket.gethostbyname("other.example"))
 
     let out = lo.python(&format!("import socket; print(socket.gethostbyname('{NAME}'))"), false);
     assert!(out.success() && out.stdout == "127.0.0.1\n", "{out}");
+}
+
+/// Static programs under the seccomp supervisor resolve with their own resolvers (Go's pure
+/// resolver; static busybox's glibc, which checks the reply's source): their queries reach the
+/// supervisor's responder, the placeholder becomes a SOCKS4A CONNECT, and no query reaches the
+/// client's resolver address.
+fn supervised_by_name(program: &str, args: &[&str]) {
+    let fw = Firewall::new();
+    let server = PeerServer::start_in(Some(fw.topo.server.name()), fw.topo.server_ip);
+    let url = format!("http://{NAME}:{}/bytes/5000", server.addr.port());
+    let mut cmd = supervise_command(program, fw.socks4d.addr);
+    cmd.env_remove("SOCKS4_REMOTE_DNS").args(args).arg(&url);
+    let out = run_with_timeout(&mut fw.topo.client.wrap(&cmd), b"", Duration::from_secs(30));
+    let diag = || format!("{out}\n--- socks4d ---\n{}\n--- queries ---\n{}", fw.socks4d.log(), fw.dns.queries());
+    assert!(out.success(), "{}", diag());
+    let (peer, payload) = out.stdout.split_once('\n').unwrap_or_else(|| panic!("no peer line: {}", diag()));
+    let peer: SocketAddr = peer.strip_prefix("peer=").and_then(|p| p.parse().ok()).expect("peer");
+    assert_eq!(peer.ip(), fw.topo.proxy_outside_ip, "{}", diag());
+    assert!(payload.as_bytes() == peer_payload(5000).as_slice(), "payload differs: {}", diag());
+    assert!(fw.dns.queries().is_empty(), "queries reached the client's resolver: {}", diag());
+    assert!(
+        fw.socks4d.log().lines().any(|l| l.contains("command=connect") && l.contains(NAME)),
+        "no SOCKS4A CONNECT naming {NAME}: {}",
+        diag()
+    );
+}
+
+#[test]
+fn static_go_client_by_name_through_the_firewall_without_local_dns() {
+    let go = go_binary("s4go");
+    supervised_by_name(go.to_str().unwrap(), &["get"]);
+}
+
+#[test]
+fn static_busybox_wget_by_name_through_the_firewall_without_local_dns() {
+    supervised_by_name("/usr/bin/busybox", &["wget", "-q", "-O", "-"]);
 }

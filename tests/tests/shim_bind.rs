@@ -322,15 +322,18 @@ out('listen', fmt(s.getsockname()))
 }
 
 /// The wire bytes of CONNECT and BIND, and the spec's rule for a first BIND reply of 0.0.0.0
-/// (replaced by the SOCKS server's address), against a scripted server: CONNECT granted with
-/// 0.0.0.0, BIND granted at 0.0.0.0:4242, then the second reply (1.2.3.4:5555) and data in
-/// one write.
+/// (replaced by the SOCKS server's address), against a scripted server on 127.0.0.3 while the
+/// client's own address is 127.0.0.1: CONNECT granted with 0.0.0.0, BIND granted at
+/// 0.0.0.0:4242, then the second reply (1.2.3.4:5555) and data in one write.
 #[test]
 fn bind_request_bytes_and_zero_address_in_the_first_reply() {
-    let proxy = ScriptedProxy::start(vec![
-        b"\x00\x5a\x00\x00\x00\x00\x00\x00",
-        b"\x00\x5a\x10\x92\x00\x00\x00\x00\x00\x5a\x15\xb3\x01\x02\x03\x04hi",
-    ]);
+    let proxy = ScriptedProxy::start(
+        "127.0.0.3",
+        vec![
+            b"\x00\x5a\x00\x00\x00\x00\x00\x00",
+            b"\x00\x5a\x10\x92\x00\x00\x00\x00\x00\x5a\x15\xb3\x01\x02\x03\x04hi",
+        ],
+    );
     let script = format!(
         "{PY_PRELUDE}
 try:
@@ -348,7 +351,7 @@ out('data', conn.recv(10).decode())
     );
     let out = python(proxy.addr, &script, &[], &[("SOCKS4_USER", "fred")]);
     let map = kv(&out);
-    assert_eq!(get(&map, "listen", &out), "127.0.0.1:4242", "0.0.0.0 is replaced by the server's address");
+    assert_eq!(get(&map, "listen", &out), "127.0.0.3:4242", "0.0.0.0 is replaced by the server's address");
     assert_eq!(get(&map, "peer", &out), "1.2.3.4:5555");
     assert_eq!(get(&map, "data", &out), "hi", "bytes after the second reply belong to the program");
     // The CONNECT reply said 0.0.0.0: getsockname is the real local address.

@@ -340,13 +340,21 @@ fn socks4_run_flags_set_the_environment() {
     assert!(socks4d.log().contains("carol"), "socks4d should log the user id carol:\n{}", socks4d.log());
 }
 
+/// Forced to preload (`--preload`), a static program gets a warning that it goes direct; left to
+/// itself socks4-run runs it under the seccomp supervisor instead (tests/tests/supervisor.rs), with
+/// no such warning.
 #[test]
 fn socks4_run_warns_about_static_programs() {
-    let mut cmd = socks4_run_command("/sbin/ldconfig", "127.0.0.1:1".parse().unwrap());
-    cmd.arg("--version");
+    let mut cmd = std::process::Command::new(&binaries().socks4_run);
+    cmd.env_remove("LD_PRELOAD").args(["--preload", "--server", "127.0.0.1:1", "--", "/sbin/ldconfig", "--version"]);
     let out = run_with_timeout(&mut cmd, b"", Duration::from_secs(20));
     assert!(out.stderr.contains("statically linked"), "{out}");
     assert!(out.success(), "the program still runs:\n{out}");
+    let mut cmd = socks4_run_command("/sbin/ldconfig", "127.0.0.1:1".parse().unwrap());
+    cmd.arg("--version");
+    let out = run_with_timeout(&mut cmd, b"", Duration::from_secs(20));
+    assert!(!out.stderr.contains("statically linked"), "{out}");
+    assert!(out.success(), "the program runs under the supervisor:\n{out}");
 }
 
 /// The proxy's own address is never proxied, even with SOCKS4_DIRECT="" (no loop).

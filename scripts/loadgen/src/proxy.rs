@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::str::FromStr;
 use std::time::Duration;
 
-use socks4_proto::{Destination, ProtocolError, Reply, ReplyCode, Request};
+use socks4_proto::v4::{Destination, ProtocolError, Reply, ReplyCode, Request};
 
 /// The user id the load generator sends in SOCKS4 requests.
 pub const USER_ID: &[u8] = b"bench";
@@ -137,7 +137,7 @@ fn socks4_connect(stream: &mut TcpStream, dest: SocketAddrV4) -> Result<(), Conn
     stream.write_all(&request)?;
     // Exactly the reply: the destination sends nothing, and a relay byte
     // read here would be lost.
-    let mut buf = [0u8; socks4_proto::REPLY_LEN];
+    let mut buf = [0u8; socks4_proto::v4::REPLY_LEN];
     stream.read_exact(&mut buf)?;
     match Reply::decode(&buf)? {
         Some((reply, _)) if reply.code == ReplyCode::Granted => Ok(()),

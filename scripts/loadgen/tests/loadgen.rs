@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use socks4_loadgen::proxy::{ConnectError, Proxy};
 use socks4_loadgen::{handshake, hold, rss, throughput};
-use socks4_proto::{Destination, Reply, ReplyCode, Request};
+use socks4_proto::v4::{Destination, Reply, ReplyCode, Request};
 
 /// What the recording relay saw.
 #[derive(Default)]

@@ -14,12 +14,6 @@ use std::process::ExitCode;
 use clap::CommandFactory;
 use markdown::Doc;
 
-// socks4-run's command line, compiled in from the shim's source (as socks4-run itself does):
-// linking the shim's library would link its libc hooks into this program.
-#[path = "../../../shim/src/cli.rs"]
-#[allow(dead_code)]
-mod shim_cli;
-
 /// The README sections of `## socks4d` that document the configuration file: they make
 /// socks4d.toml(5); the other sections of `## socks4d` go to socks4d(8).
 const CONFIG_SECTIONS: [&str; 3] = ["Configuration", "Access control", "IDENT (RFC 1413)"];
@@ -112,7 +106,7 @@ The service and the socket activation units.
 }
 
 fn socks4_run_page(source: &str) -> Result<String, String> {
-    let man = clap_mangen::Man::new(shim_cli::Args::command())
+    let man = clap_mangen::Man::new(socks4_shim::cli::Args::command())
         .section("1")
         .manual("User Commands")
         .source(source.to_string());
@@ -120,11 +114,14 @@ fn socks4_run_page(source: &str) -> Result<String, String> {
     page.extend(
         "\
 .SH HOW IT WORKS
-socks4-run looks for \\fIlibsocks4.so\\fR next to itself, in \\fIdeps/\\fR and \\fI../lib/\\fR beside it,
+For a dynamically linked program (or with \\fB\\-\\-preload\\fR), socks4-run looks for
+\\fIlibsocks4.so\\fR next to itself, in \\fIdeps/\\fR and \\fI../lib/\\fR beside it,
 then in the system's library directory (where the package installs it), puts it first in
 \\fBLD_PRELOAD\\fR, sets the variables of its options and executes \\fIPROGRAM\\fR. It warns when
-the program (or a script's interpreter) is statically linked or setuid: the loader ignores
-\\fBLD_PRELOAD\\fR there, so such a program would connect directly.
+the program (or a script's interpreter) is setuid: the loader ignores \\fBLD_PRELOAD\\fR
+there, so such a program would connect directly. A statically linked program (or any, with
+\\fB\\-\\-supervise\\fR) runs under the seccomp supervisor instead, which carries out its
+socket calls the same way.
 .SH ENVIRONMENT
 The settings (\\fBSOCKS4_SERVER\\fR, \\fBSOCKS4_DIRECT\\fR, ...) and what the library intercepts are
 described in \\fBlibsocks4\\fR(8).

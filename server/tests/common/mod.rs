@@ -114,6 +114,14 @@ pub async fn echo_server(ip: Ipv4Addr) -> (SocketAddrV4, mpsc::UnboundedReceiver
     (addr, rx)
 }
 
+/// The next peer a test server reports, within 5 s.
+pub async fn next_peer<T>(seen: &mut mpsc::UnboundedReceiver<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), seen.recv())
+        .await
+        .expect("a connection in time")
+        .expect("server alive")
+}
+
 /// A port on 127.0.0.1 with nothing listening.
 pub fn closed_port() -> SocketAddrV4 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -1,23 +1,48 @@
-//! socks4-run: runs a program with libsocks4.so preloaded and the SOCKS settings in its environment.
+//! socks4-run: runs a program so that its connections go through a SOCKS4 server, with
+//! libsocks4.so preloaded (dynamic programs) or under the seccomp supervisor (static programs, Go,
+//! or any program with --supervise).
 
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use clap::Parser;
 
-// Compiled in rather than taken from the socks4 rlib: linking the rlib would also link the
-// exported hooks into this launcher, which would then intercept its own calls.
-#[path = "../launcher.rs"]
-mod launcher;
-
-#[path = "../cli.rs"]
-mod cli;
-
-use cli::Args;
+use socks4_shim::cli::Args;
+use socks4_shim::launcher::{self, Mode};
+use socks4_shim::supervisor;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let mut settings = Vec::new();
+    if let Some(server) = &args.server {
+        settings.push(("SOCKS4_SERVER", OsString::from(server)));
+    }
+    if let Some(user) = &args.user {
+        settings.push(("SOCKS4_USER", OsString::from(user)));
+    }
+    if let Some(config) = &args.config {
+        settings.push(("SOCKS4_CONF", config.clone().into_os_string()));
+    }
+    if args.debug {
+        settings.push(("SOCKS4_DEBUG", OsString::from("1")));
+    }
+    let path_var = std::env::var_os("PATH");
+    let forced = match (args.supervise, args.preload) {
+        (true, _) => Some(Mode::Supervise),
+        (_, true) => Some(Mode::Preload),
+        _ => None,
+    };
+    let mode = forced.unwrap_or_else(|| launcher::pick_mode(&args.command[0], path_var.as_deref()));
+    match mode {
+        Mode::Supervise => supervise(&args.command, &settings, path_var.as_deref()),
+        Mode::Preload => preload(&args.command, &settings, path_var.as_deref()),
+    }
+}
+
+fn preload(command: &[OsString], settings: &[(&str, OsString)], path_var: Option<&std::ffi::OsStr>) -> ExitCode {
     let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(PathBuf::from));
     let Some(lib) = exe_dir.as_deref().and_then(launcher::find_library) else {
         eprintln!(
@@ -26,26 +51,46 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(127);
     };
-    let path_var = std::env::var_os("PATH");
-    for warning in launcher::warnings(&args.command[0], path_var.as_deref()) {
+    for warning in launcher::warnings(&command[0], path_var) {
         eprintln!("socks4-run: warning: {warning}");
     }
-    let mut cmd = Command::new(&args.command[0]);
-    cmd.args(&args.command[1..]);
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..]);
     cmd.env("LD_PRELOAD", launcher::preload_value(&lib, std::env::var_os("LD_PRELOAD").as_deref()));
-    if let Some(server) = args.server {
-        cmd.env("SOCKS4_SERVER", server);
-    }
-    if let Some(user) = args.user {
-        cmd.env("SOCKS4_USER", user);
-    }
-    if let Some(config) = args.config {
-        cmd.env("SOCKS4_CONF", config);
-    }
-    if args.debug {
-        cmd.env("SOCKS4_DEBUG", "1");
-    }
+    cmd.envs(settings.iter().map(|(k, v)| (k, v)));
     let err = cmd.exec();
-    eprintln!("socks4-run: cannot run {}: {err}", args.command[0].to_string_lossy());
+    eprintln!("socks4-run: cannot run {}: {err}", command[0].to_string_lossy());
     ExitCode::from(if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 })
+}
+
+fn supervise(command: &[OsString], settings: &[(&str, OsString)], path_var: Option<&std::ffi::OsStr>) -> ExitCode {
+    let Some(path) = launcher::resolve_program(&command[0], path_var) else {
+        eprintln!("socks4-run: cannot run {}: not found", command[0].to_string_lossy());
+        return ExitCode::from(127);
+    };
+    for (key, value) in settings {
+        // SAFETY: no other thread exists yet (the supervisor starts its threads later), so nothing
+        // reads the environment concurrently.
+        unsafe { std::env::set_var(key, value) };
+    }
+    let cstring = |s: &[u8]| CString::new(s).ok();
+    let exec = (|| {
+        Some(supervisor::Exec {
+            path: cstring(path.as_os_str().as_bytes())?,
+            argv: command.iter().map(|a| cstring(a.as_bytes())).collect::<Option<_>>()?,
+            envp: std::env::vars_os()
+                .map(|(k, v)| {
+                    let mut kv = k;
+                    kv.push("=");
+                    kv.push(v);
+                    cstring(kv.as_bytes())
+                })
+                .collect::<Option<_>>()?,
+        })
+    })();
+    let Some(exec) = exec else {
+        eprintln!("socks4-run: an argument or environment variable contains a NUL byte");
+        return ExitCode::from(126);
+    };
+    ExitCode::from(supervisor::run(&exec).clamp(0, 255) as u8)
 }

@@ -1,18 +1,56 @@
 //! accept()/accept4() on a BIND socket: read the second reply (keeping partial bytes across calls)
 //! and hand out a duplicate of the descriptor as the relayed connection.
+//!
+//! [`second_reply`] is shared by the hooks and the seccomp supervisor: the one place that reads
+//! the second reply of a BIND.
 
 use std::ffi::c_int;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 
-use socks4_proto::ReplyCode;
+use socks4_proto::v4::ReplyCode;
 
 use super::Verdict;
 use crate::config;
 use crate::log::{debug, error};
 use crate::registry::{self, BindState, SocketState};
 use crate::sockaddr::in_family;
-use crate::socks::{self, ExchangeError};
-use crate::sys;
+use crate::socks::{self, ExchangeError, ReplyProgress};
+use crate::sys::{self, Errno};
+
+/// Where the second reply of a BIND stands after one read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecondReply {
+    /// Not complete yet (EAGAIN: nothing more to read now; EINTR: a signal): call again, the bytes
+    /// so far are kept.
+    Waiting(Errno),
+    /// The SOCKS server connected the peer at this address; the descriptor now carries it.
+    Granted(SocketAddrV4),
+    /// The BIND is over with this errno (refused: ECONNABORTED); one stderr line said why.
+    Failed(Errno),
+}
+
+/// Reads what is missing of the second reply to the BIND for `conn` on `fd` (`flags`:
+/// MSG_DONTWAIT or 0). The one entry point to the proxy for it, used by the hooks and the
+/// supervisor.
+pub fn second_reply(fd: c_int, conn: SocketAddrV4, progress: &mut ReplyProgress, flags: c_int) -> SecondReply {
+    let server = config::get().server;
+    match socks::read_reply(fd, &mut progress.bytes, &mut progress.received, flags) {
+        Ok(None) => SecondReply::Waiting(libc::EAGAIN),
+        Err(ExchangeError::Io(libc::EINTR)) => SecondReply::Waiting(libc::EINTR),
+        Ok(Some(reply)) if reply.code == ReplyCode::Granted => SecondReply::Granted(reply.addr()),
+        Ok(Some(reply)) => {
+            error!("accept on the BIND socket for {conn} via {server}: second reply {}", reply.code);
+            SecondReply::Failed(libc::ECONNABORTED)
+        }
+        Err(e) => {
+            error!("accept on the BIND socket for {conn} via {server} failed: {e}");
+            SecondReply::Failed(match e {
+                ExchangeError::Closed => libc::ECONNABORTED,
+                e => e.errno(),
+            })
+        }
+    }
+}
 
 /// `flags` are accept4's (SOCK_CLOEXEC, SOCK_NONBLOCK); accept passes 0.
 pub fn accept(fd: c_int, flags: c_int) -> Verdict<(c_int, SocketAddr)> {
@@ -27,13 +65,10 @@ pub fn accept(fd: c_int, flags: c_int) -> Verdict<(c_int, SocketAddr)> {
         return Verdict::Fail(libc::EINVAL);
     }
     let recv_flags = if nonblocking { libc::MSG_DONTWAIT } else { 0 };
-    let result = socks::read_reply(fd, &mut bind.second_reply, &mut bind.received, recv_flags);
-    let server = config::get().server;
-    let verdict = match result {
+    let verdict = match second_reply(fd, bind.conn, &mut bind.second, recv_flags) {
         // Not all 8 bytes yet, or a signal: keep what came, the next accept goes on from there.
-        Ok(None) => Verdict::Fail(libc::EAGAIN),
-        Err(ExchangeError::Io(libc::EINTR)) => Verdict::Fail(libc::EINTR),
-        Ok(Some(reply)) if reply.code == ReplyCode::Granted => {
+        SecondReply::Waiting(e) => Verdict::Fail(e),
+        SecondReply::Granted(peer) => {
             match sys::dup_fd(fd, flags & libc::SOCK_CLOEXEC != 0) {
                 Ok(new) => {
                     // O_NONBLOCK lives on the open file description, which the two descriptors
@@ -45,7 +80,7 @@ pub fn accept(fd: c_int, flags: c_int) -> Verdict<(c_int, SocketAddr)> {
                     {
                         let _ = sys::set_flags(fd, fl ^ libc::O_NONBLOCK);
                     }
-                    let peer = in_family(reply.addr(), bind.v6);
+                    let peer = in_family(peer, bind.v6);
                     bind.accepted = Some(nonblocking);
                     registry.insert(new, SocketState::Accepted { peer, local: bind.local });
                     debug!("accept on the BIND socket for {}: connection from {peer} on fd {new}", bind.conn);
@@ -54,18 +89,9 @@ pub fn accept(fd: c_int, flags: c_int) -> Verdict<(c_int, SocketAddr)> {
                 Err(e) => Verdict::Fail(e),
             }
         }
-        Ok(Some(reply)) => {
+        SecondReply::Failed(e) => {
             bind.accepted = Some(nonblocking);
-            error!("accept on the BIND socket for {} via {server}: second reply {}", bind.conn, reply.code);
-            Verdict::Fail(libc::ECONNABORTED)
-        }
-        Err(e) => {
-            bind.accepted = Some(nonblocking);
-            error!("accept on the BIND socket for {} via {server} failed: {e}", bind.conn);
-            Verdict::Fail(match e {
-                ExchangeError::Closed => libc::ECONNABORTED,
-                e => e.errno(),
-            })
+            Verdict::Fail(e)
         }
     };
     store(fd, bind);

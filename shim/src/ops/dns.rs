@@ -7,25 +7,29 @@
 //! gets a placeholder and never reaches the local resolver: behind a firewall the local resolver
 //! either does not know the name or must not learn it.
 
-use std::ffi::{c_char, c_int};
+use std::cell::UnsafeCell;
+use std::ffi::{CString, c_char, c_int};
 use std::net::{IpAddr, Ipv4Addr};
 
-use socks4_proto::Destination;
+use socks4_proto::host;
+use socks4_proto::v4::Destination;
 
 use super::Verdict;
 use crate::config::{self, Config};
 use crate::dns_pool::{self, PoolError};
 use crate::log::{debug, error};
-use crate::sys::Errno;
+use crate::sys::{self, Errno};
 
 /// h_errno values (netdb.h), which the libc crate does not export.
 pub const HOST_NOT_FOUND: c_int = 1;
+pub const TRY_AGAIN: c_int = 2;
 pub const NO_RECOVERY: c_int = 3;
 pub const NO_DATA: c_int = 4;
 
 /// The placeholder for `name` when the SOCKS server is to resolve it; Pass: resolve it locally.
-/// Fails (ENOMEM) when the pool is full or cannot be created, and for names no DNS name can be:
-/// failing is better than leaking the lookup.
+/// Fails for names no DNS name can be (EINVAL), when the pool is full or cannot be created
+/// (ENOMEM), or is locked by a process that does not let go (EAGAIN): failing is better than
+/// leaking the lookup.
 pub fn lookup(name: &[u8]) -> Verdict<Ipv4Addr> {
     let config = config::get();
     if !config.remote_dns {
@@ -44,32 +48,175 @@ pub fn lookup(name: &[u8]) -> Verdict<Ipv4Addr> {
             Verdict::Done(ip)
         }
         Err(e) => {
-            let why = match e {
-                PoolError::Full => "all placeholders are in use",
-                PoolError::NoMemory => "the placeholder table cannot be created",
-                PoolError::NameTooLong => "the name is longer than a DNS name can be",
-            };
-            error!("lookup of {name} failed: {why}; not asking the local resolver (remote_dns is on)");
-            Verdict::Fail(if e == PoolError::NameTooLong { libc::EINVAL } else { libc::ENOMEM })
+            error!("lookup of {name} failed: {e}; not asking the local resolver (remote_dns is on)");
+            Verdict::Fail(match e {
+                PoolError::NameTooLong => libc::EINVAL,
+                PoolError::Busy => libc::EAGAIN,
+                PoolError::Full | PoolError::NoMemory => libc::ENOMEM,
+            })
+        }
+    }
+}
+
+/// What `gethostbyname*` and `gethostbyaddr*` answer, before it is laid out in C memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostAnswer {
+    /// Not ours: the real call.
+    Pass,
+    /// One IPv4 address and the name it stands for.
+    Found(Ipv4Addr, String),
+    /// Failed with this h_errno.
+    NotFound(c_int),
+}
+
+/// `gethostbyname*` of `name` in family `af`.
+pub fn host_by_name(name: &[u8], af: c_int) -> HostAnswer {
+    if af != libc::AF_INET && af != libc::AF_INET6 {
+        return HostAnswer::Pass;
+    }
+    match lookup(name) {
+        Verdict::Pass => HostAnswer::Pass,
+        // A remote name has an IPv4 placeholder only.
+        Verdict::Done(_) if af == libc::AF_INET6 => HostAnswer::NotFound(NO_DATA),
+        Verdict::Done(ip) => HostAnswer::Found(ip, String::from_utf8_lossy(name).into_owned()),
+        Verdict::Fail(libc::EINVAL) => HostAnswer::NotFound(HOST_NOT_FOUND),
+        Verdict::Fail(libc::EAGAIN) => HostAnswer::NotFound(TRY_AGAIN),
+        Verdict::Fail(_) => HostAnswer::NotFound(NO_RECOVERY),
+    }
+}
+
+/// `gethostbyaddr*` of the `addr` bytes in family `af`: a placeholder's name, else the real call.
+pub fn host_by_addr(addr: &[u8], af: c_int) -> HostAnswer {
+    let Ok(octets) = <[u8; 4]>::try_from(addr) else { return HostAnswer::Pass };
+    if af != libc::AF_INET {
+        return HostAnswer::Pass;
+    }
+    let ip = Ipv4Addr::from(octets);
+    match reverse(ip, false) {
+        Verdict::Done(name) => HostAnswer::Found(ip, name),
+        _ => HostAnswer::Pass,
+    }
+}
+
+/// What the `getaddrinfo` hook does with a lookup.
+#[derive(Debug)]
+pub enum AddrInfoPlan {
+    /// The real call with the program's own arguments.
+    Pass,
+    /// Fail with this `EAI_*` code.
+    Fail(c_int),
+    /// The real call for `literal` (the placeholder, numeric) with `hints`; if `canonname`, the
+    /// first result's `ai_canonname` is to be the name the program asked for.
+    Placeholder { literal: CString, hints: libc::addrinfo, canonname: bool },
+}
+
+/// glibc's hints when the program passes none.
+fn default_hints() -> libc::addrinfo {
+    libc::addrinfo {
+        ai_flags: libc::AI_V4MAPPED | libc::AI_ADDRCONFIG,
+        ai_family: libc::AF_UNSPEC,
+        ai_socktype: 0,
+        ai_protocol: 0,
+        ai_addrlen: 0,
+        ai_addr: std::ptr::null_mut(),
+        ai_canonname: std::ptr::null_mut(),
+        ai_next: std::ptr::null_mut(),
+    }
+}
+
+/// `getaddrinfo` of `name` with the program's `hints`: a remote name is answered by libc itself
+/// for its placeholder as a numeric host, with the program's own hints, so socktype, protocol,
+/// service and `AF_INET6` + `AI_V4MAPPED` behave exactly as for any address, `AF_INET6` alone
+/// fails with libc's own `EAI_ADDRFAMILY`, and the chain is glibc's, which the real
+/// `freeaddrinfo` frees.
+pub fn addrinfo_plan(name: &[u8], hints: Option<&libc::addrinfo>) -> AddrInfoPlan {
+    let mut ours = hints.copied().unwrap_or_else(default_hints);
+    let flags = ours.ai_flags;
+    if flags & libc::AI_NUMERICHOST != 0 || ![libc::AF_UNSPEC, libc::AF_INET, libc::AF_INET6].contains(&ours.ai_family)
+    {
+        return AddrInfoPlan::Pass;
+    }
+    let placeholder = match lookup(name) {
+        Verdict::Pass => return AddrInfoPlan::Pass,
+        Verdict::Fail(libc::EINVAL) => return AddrInfoPlan::Fail(libc::EAI_NONAME),
+        Verdict::Fail(libc::EAGAIN) => return AddrInfoPlan::Fail(libc::EAI_AGAIN),
+        Verdict::Fail(_) => return AddrInfoPlan::Fail(libc::EAI_FAIL),
+        Verdict::Done(ip) => ip,
+    };
+    let Ok(literal) = CString::new(placeholder.to_string()) else { return AddrInfoPlan::Fail(libc::EAI_FAIL) };
+    // Numeric: no lookup at all. AI_ADDRCONFIG dropped: the placeholder is reached through the
+    // SOCKS server, whatever addresses this host has. AI_CANONNAME is answered by the hook.
+    ours.ai_flags = (flags | libc::AI_NUMERICHOST) & !(libc::AI_ADDRCONFIG | libc::AI_CANONNAME);
+    ours.ai_canonname = std::ptr::null_mut();
+    ours.ai_addr = std::ptr::null_mut();
+    ours.ai_next = std::ptr::null_mut();
+    AddrInfoPlan::Placeholder { literal, hints: ours, canonname: flags & libc::AI_CANONNAME != 0 }
+}
+
+const STATIC_BUF: usize = 1024;
+
+/// The per-thread memory the non-reentrant `gethostby*` answers live in (glibc's is per process,
+/// so a per-thread one is at least as safe for the caller).
+struct StaticHostent {
+    host: UnsafeCell<libc::hostent>,
+    buf: UnsafeCell<[u8; STATIC_BUF]>,
+}
+
+thread_local! {
+    static STATIC: StaticHostent = const {
+        StaticHostent {
+            host: UnsafeCell::new(libc::hostent {
+                h_name: std::ptr::null_mut(),
+                h_aliases: std::ptr::null_mut(),
+                h_addrtype: 0,
+                h_length: 0,
+                h_addr_list: std::ptr::null_mut(),
+            }),
+            buf: UnsafeCell::new([0; STATIC_BUF]),
+        }
+    };
+}
+
+/// The non-reentrant answer: None = the real call; else this thread's hostent, or null with
+/// h_errno set. The pointer stays valid until this thread's next answer, as gethostbyname
+/// documents for its own.
+pub fn static_hostent(answer: HostAnswer) -> Option<*mut libc::hostent> {
+    let (ip, name) = match answer {
+        HostAnswer::Pass => return None,
+        HostAnswer::NotFound(h) => {
+            sys::set_h_errno(h);
+            return Some(std::ptr::null_mut());
+        }
+        HostAnswer::Found(ip, name) => (ip, name),
+    };
+    let laid_out = STATIC.try_with(|s| {
+        // SAFETY: this thread's own buffer, and no reference to it is alive: earlier answers
+        // handed out raw pointers only, which this call invalidates (the C contract).
+        let buf = unsafe { &mut *s.buf.get() };
+        let h = hostent_in(buf, &name, libc::AF_INET, &ip.octets())?;
+        // SAFETY: as above, for this thread's hostent.
+        unsafe { *s.host.get() = h };
+        Some(s.host.get())
+    });
+    match laid_out {
+        Ok(Some(h)) => Some(h),
+        // Too long for the buffer, or the thread is going away.
+        _ => {
+            sys::set_h_errno(NO_RECOVERY);
+            Some(std::ptr::null_mut())
         }
     }
 }
 
 /// Names that stay with the local resolver even with `remote_dns` on.
 pub fn is_local_name(config: &Config, name: &str, own_host_name: Option<&str>) -> bool {
-    let name = name.strip_suffix('.').unwrap_or(name);
+    let name = host::strip_root(name);
     if name.is_empty() || is_numeric(name) {
         return true;
     }
-    let under = |domain: &str| {
-        name.eq_ignore_ascii_case(domain)
-            || (name.len() > domain.len()
-                && name.as_bytes()[name.len() - domain.len() - 1] == b'.'
-                && name[name.len() - domain.len()..].eq_ignore_ascii_case(domain))
-    };
-    under("localhost")
-        || own_host_name.is_some_and(|own| !own.is_empty() && name.eq_ignore_ascii_case(own))
-        || config.direct_names.iter().any(|d| under(d))
+    host::is_within(name, "localhost")
+        || own_host_name.is_some_and(|own| !own.is_empty() && host::same_name(name, own))
+        || config.direct_names.iter().any(|d| host::is_within(name, d))
 }
 
 /// An address literal in any form libc accepts (`10.1.2.3`, `::1`, `10.1`, `0x0a000001`, `012.1`):
@@ -120,10 +267,14 @@ pub fn destination(config: &Config, ip: Ipv4Addr) -> Result<Destination, Errno> 
         return Err(libc::EHOSTUNREACH);
     }
     match dns_pool::name_for(ip) {
-        Some(name) => Ok(Destination::Name(name)),
-        None => {
+        Ok(Some(name)) => Ok(Destination::Name(name)),
+        Ok(None) => {
             error!("{ip} is a remote-DNS placeholder this process never handed out: refused (EHOSTUNREACH)");
             Err(libc::EHOSTUNREACH)
+        }
+        Err(e) => {
+            error!("{ip} is a remote-DNS placeholder, but its name cannot be read: {e} (EAGAIN)");
+            Err(libc::EAGAIN)
         }
     }
 }
@@ -134,10 +285,12 @@ pub fn reverse(ip: Ipv4Addr, first_label: bool) -> Verdict<String> {
     if !dns_pool::is_placeholder(ip) {
         return Verdict::Pass;
     }
+    // A placeholder that cannot be read back goes to the real call: a PTR query for a
+    // 240.0.0.0/8 address tells the resolver nothing about any name.
     match dns_pool::name_for(ip) {
-        Some(name) if first_label => Verdict::Done(name.split('.').next().unwrap_or(&name).to_owned()),
-        Some(name) => Verdict::Done(name),
-        None => Verdict::Pass,
+        Ok(Some(name)) if first_label => Verdict::Done(name.split('.').next().unwrap_or(&name).to_owned()),
+        Ok(Some(name)) => Verdict::Done(name),
+        Ok(None) | Err(_) => Verdict::Pass,
     }
 }
 
@@ -147,27 +300,29 @@ pub fn reverse(ip: Ipv4Addr, first_label: bool) -> Verdict<String> {
 /// into `buf`. None: `buf` is too small (ERANGE).
 pub fn hostent_in(buf: &mut [u8], name: &str, family: c_int, addr: &[u8]) -> Option<libc::hostent> {
     const PTR: usize = size_of::<*mut c_char>();
+    // One raw pointer for every write and every pointer handed out: a write through the slice
+    // itself would invalidate the pointers taken before it (Stacked Borrows; checked under Miri).
     let base = buf.as_mut_ptr();
     let pad = base.align_offset(align_of::<*mut c_char>());
     let aliases = pad;
-    let list = aliases + PTR;
+    let list = aliases.checked_add(PTR)?;
     let addr_at = list + 2 * PTR;
     let name_at = addr_at + addr.len();
     let end = name_at.checked_add(name.len() + 1)?;
-    if pad == usize::MAX || end > buf.len() {
+    if end > buf.len() {
         return None;
     }
-    // Pointers are computed with wrapping_add on the buffer's own pointer (all in bounds, checked
-    // above) and stored as the bytes of their address, which is what C reads back.
     let at = |off: usize| base.wrapping_add(off);
-    let mut put_ptr =
-        |off: usize, p: *mut u8| buf[off..off + PTR].copy_from_slice(&p.expose_provenance().to_ne_bytes());
-    put_ptr(aliases, std::ptr::null_mut());
-    put_ptr(list, at(addr_at));
-    put_ptr(list + PTR, std::ptr::null_mut());
-    buf[addr_at..name_at].copy_from_slice(addr);
-    buf[name_at..end - 1].copy_from_slice(name.as_bytes());
-    buf[end - 1] = 0;
+    // SAFETY: every offset written below is < end <= buf.len(), so all writes stay inside `buf`,
+    // which we borrow mutably; the pointer slots are aligned (pad) and written unaligned anyway.
+    unsafe {
+        at(aliases).cast::<*mut u8>().write_unaligned(std::ptr::null_mut());
+        at(list).cast::<*mut u8>().write_unaligned(at(addr_at));
+        at(list + PTR).cast::<*mut u8>().write_unaligned(std::ptr::null_mut());
+        std::ptr::copy_nonoverlapping(addr.as_ptr(), at(addr_at), addr.len());
+        std::ptr::copy_nonoverlapping(name.as_ptr(), at(name_at), name.len());
+        at(end - 1).write(0);
+    }
     Some(libc::hostent {
         h_name: at(name_at).cast(),
         h_aliases: at(aliases).cast(),
@@ -191,7 +346,7 @@ mod tests {
     fn config(direct_names: &[&str]) -> Config {
         let mut c = merge(Partial::default(), Partial::default(), || None);
         c.remote_dns = true;
-        c.direct_names = direct_names.iter().map(|s| s.to_string()).collect();
+        c.direct_names = direct_names.iter().map(|s| s.parse().unwrap()).collect();
         c
     }
 

@@ -227,8 +227,10 @@ pub struct ScriptedProxy {
 }
 
 impl ScriptedProxy {
-    pub fn start(answers: Vec<&'static [u8]>) -> ScriptedProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    /// Listens on `ip`, port 0: put it on another loopback address than the client's
+    /// (127.0.0.1) to tell the server's address from the client's own.
+    pub fn start(ip: &str, answers: Vec<&'static [u8]>) -> ScriptedProxy {
+        let listener = TcpListener::bind((ip, 0)).unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let recorded = requests.clone();

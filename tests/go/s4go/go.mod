@@ -1,0 +1,3 @@
+module s4go
+
+go 1.19
