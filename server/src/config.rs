@@ -12,6 +12,7 @@ use serde::Deserialize;
 use socks4_proto::v4::Command;
 use toml::Spanned;
 
+use crate::privileges::User;
 use crate::rules::{Action, DestPattern, IdentMode, Rule, Rules, UserPattern};
 
 /// `busy_poll_us` unless the file says otherwise (see `busy_poll.rs`).
@@ -52,6 +53,9 @@ pub struct Config {
     pub busy_poll_us: u32,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
     pub log: String,
+    /// Who the daemon becomes once its listeners are open (started as
+    /// root); `None`: it stays who it was started as.
+    pub user: Option<User>,
     pub rules: Rules,
 }
 
@@ -71,6 +75,7 @@ impl Default for Config {
             max_connections: 10_000,
             busy_poll_us: DEFAULT_BUSY_POLL_US,
             log: "info".into(),
+            user: None,
             rules: Rules {
                 rules: vec![Rule {
                     from: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
@@ -182,6 +187,10 @@ impl Config {
             check_log_filter(log.get_ref()).map_err(|m| cx.error(log.span(), Some("log"), m))?;
             config.log = log.into_inner();
         }
+        if let Some(user) = raw.user {
+            // Resolved now, so that `--check` and a SIGHUP catch a missing user, not a restart.
+            config.user = Some(User::lookup(user.get_ref()).map_err(|m| cx.error(user.span(), Some("user"), m))?);
+        }
         config.rules = Rules { rules: raw.rule.into_iter().map(|r| cx.rule(r)).collect::<Result<_, _>>()? };
         Ok(config)
     }
@@ -273,6 +282,7 @@ struct RawConfig {
     max_connections: Option<Spanned<i64>>,
     busy_poll_us: Option<Spanned<i64>>,
     log: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
     #[serde(default)]
     rule: Vec<RawRule>,
 }
@@ -390,10 +400,12 @@ impl Cx<'_> {
     }
 }
 
-/// A port (`80`, `"80"`) or an inclusive range (`"1-1023"`).
+/// A port (`80`, `"80"`) or an inclusive range (`"1-1023"`). Port 0 is a
+/// port like any other here, written either way: it is what a BIND with no
+/// primary port carries (see `Rule::new`).
 fn parse_ports(v: &toml::Value) -> Option<(u16, u16)> {
     match v {
-        toml::Value::Integer(n) => u16::try_from(*n).ok().filter(|&p| p != 0).map(|p| (p, p)),
+        toml::Value::Integer(n) => u16::try_from(*n).ok().map(|p| (p, p)),
         toml::Value::String(s) => {
             let (lo, hi) = match s.split_once('-') {
                 Some((lo, hi)) => (lo.trim().parse().ok()?, hi.trim().parse().ok()?),
@@ -426,6 +438,10 @@ impl fmt::Display for Config {
         writeln!(f, "max_connections = {}", self.max_connections)?;
         writeln!(f, "busy_poll_us = {}", self.busy_poll_us)?;
         writeln!(f, "log = {}", quote(&self.log))?;
+        match &self.user {
+            Some(u) => writeln!(f, "user = {}  # uid {}, gid {}", quote(&u.name), u.uid, u.gid)?,
+            None => writeln!(f, "# user: not set (socks4d stays the user it is started as)")?,
+        }
         if self.rules.rules.is_empty() {
             writeln!(f, "# no rules: every request is refused (91)")?;
         }
@@ -470,6 +486,7 @@ drain_timeout = "1h"
 max_connections = 7
 busy_poll_us = 0
 log = "debug"
+user = "root"
 [[rule]]
 name = "lan"
 action = "deny"
@@ -491,6 +508,7 @@ ident = "match"
         assert_eq!(c.drain_timeout, Duration::from_secs(3600));
         assert_eq!(c.max_connections, 7);
         assert_eq!(c.busy_poll_us, 0);
+        assert_eq!(c.user, Some(User { name: "root".into(), uid: 0, gid: 0 }));
         let r = &c.rules.rules[0];
         assert_eq!(r.name.as_deref(), Some("lan"));
         assert_eq!(r.action, Action::Deny);
@@ -511,6 +529,7 @@ ident = "match"
         assert_eq!(invalid("\nconnect_timeout = \"2 fortnights\"\n").0, 2);
         assert_eq!(invalid("\n[[rule]]\naction = \"allow\"\nports = [\"9-1\"]\n").1, "ports");
         assert_eq!(invalid("\n[[rule]]\naction = \"allow\"\nports = [70000]\n").0, 4);
+        assert_eq!(invalid("[[rule]]\naction = \"allow\"\nports = [-1]\n").1, "ports");
         assert_eq!(invalid("[[rule]]\naction = \"maybe\"\n").1, "action");
         assert_eq!(invalid("[[rule]]\naction = \"allow\"\nident = \"yes\"\n").0, 3);
         assert_eq!(invalid("[[rule]]\naction = \"allow\"\nto = [\"::/0\"]\n").1, "to");
@@ -520,12 +539,29 @@ ident = "match"
         assert_eq!(invalid("busy_poll_us = 10001\n").1, "busy_poll_us");
         assert_eq!(invalid("busy_poll_us = -1\n").1, "busy_poll_us");
         assert_eq!(invalid("external = \"::1\"\n").1, "external");
+        let (line, key, msg) = invalid("\nuser = \"no-such-user-socks4d\"\n");
+        assert_eq!((line, key.as_str()), (2, "user"), "{msg}");
+        assert!(msg.contains("no such user"), "{msg}");
         // TEST-NET-1 is nobody's local address.
         assert_eq!(
             invalid("\nexternal = \"192.0.2.1\"\n"),
             (2, "external".into(), invalid("external = \"192.0.2.1\"").2)
         );
         assert_eq!(invalid("\n[[rule]]\nfrom = []\n").1, "[[rule]]");
+    }
+
+    /// `ports = [0]` and `ports = ["0"]` are the same rule (the integer was
+    /// once refused while the string was taken).
+    #[test]
+    fn port_zero_as_integer_or_string() {
+        let rule = |ports: &str| {
+            let text = format!("[[rule]]\naction = \"allow\"\nports = {ports}\n");
+            Config::parse(&text, "t.toml").unwrap_or_else(|e| panic!("{ports}: {e}")).rules.rules[0].ports.clone()
+        };
+        assert_eq!(rule("[0]"), vec![(0, 0)]);
+        assert_eq!(rule("[\"0\"]"), vec![(0, 0)]);
+        assert_eq!(rule("[\"0-0\"]"), vec![(0, 0)]);
+        assert_eq!(rule("[0, 65535]"), vec![(0, 0), (65535, 65535)]);
     }
 
     #[test]
@@ -547,6 +583,9 @@ ident = "match"
         let c = Config::default();
         let again = Config::parse(&c.to_string(), "t.toml").unwrap();
         assert_eq!(again, c);
+        let c = Config { user: Some(User::lookup("root").unwrap()), ..c };
+        assert!(c.to_string().contains("user = \"root\"  # uid 0, gid 0\n"), "{c}");
+        assert_eq!(Config::parse(&c.to_string(), "t.toml").unwrap(), c);
     }
 
     #[test]

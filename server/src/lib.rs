@@ -5,16 +5,19 @@
 //! SIGHUP reload, SIGTERM/SIGINT drain).
 
 mod busy_poll;
+pub mod cli;
 pub mod config;
 pub mod ident;
 mod memory;
 pub mod net;
+pub mod privileges;
 pub mod relay;
 pub mod rules;
 pub mod server;
 pub mod session;
 #[cfg(target_os = "linux")]
 mod splice;
+pub mod systemd;
 mod workers;
 
 pub use config::{Config, ConfigError, External};

@@ -140,14 +140,17 @@ pub struct Rule {
 }
 
 impl Rule {
-    /// A rule with `action` that matches every request, no IDENT.
+    /// A rule with `action` that matches every request, no IDENT. Its
+    /// ports are 0-65535: port 0 is what a BIND names when it has no
+    /// primary connection (npm `socks`, Dante's client), and a CONNECT to
+    /// port 0 never gets this far (the session refuses it before the rules).
     pub fn new(action: Action) -> Rule {
         Rule {
             name: None,
             action,
             from: vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()],
             to: vec![DestPattern::Any],
-            ports: vec![(1, 65535)],
+            ports: vec![(0, 65535)],
             commands: vec![Command::Connect, Command::Bind],
             users: vec![UserPattern::Any],
             ident: IdentMode::Off,
@@ -163,7 +166,6 @@ impl Rule {
     fn matches_all_but_destination(&self, q: &Query<'_>) -> bool {
         let client = q.client.to_canonical();
         self.from.iter().any(|n| n.contains(&client))
-            // Port 0 (a BIND with no primary port, say) is only matched by a range starting at 0.
             && self.ports.iter().any(|&(lo, hi)| lo <= q.port && q.port <= hi)
             && self.commands.contains(&q.command)
             && self.users.iter().any(|u| match u {
@@ -267,6 +269,9 @@ mod tests {
         assert_eq!(evaluate(&rules, &q("127.0.0.1", Some("192.0.2.1"), None)).action, Action::Allow);
         assert_eq!(evaluate(&rules, &q("::1", Some("192.0.2.1"), None)).action, Action::Allow);
         assert_eq!(evaluate(&rules, &q("::ffff:127.0.0.9", Some("192.0.2.1"), None)).action, Action::Allow);
+        // A BIND with no primary port (DSTIP 0.0.0.0, DSTPORT 0: npm `socks`).
+        let bind_no_port = Query { command: Command::Bind, port: 0, ..q("127.0.0.1", Some("0.0.0.0"), None) };
+        assert_eq!(evaluate(&rules, &bind_no_port).action, Action::Allow);
         let remote = evaluate(&rules, &q("192.0.2.9", Some("127.0.0.1"), None));
         assert_eq!(remote, Decision { action: Action::Deny, rule: None, ident: IdentMode::Off });
     }

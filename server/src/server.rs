@@ -17,7 +17,9 @@ use tokio::task::JoinHandle;
 
 use crate::busy_poll;
 use crate::config::Config;
+use crate::privileges::{self, Switch};
 use crate::session;
+use crate::systemd::{self, Systemd};
 use crate::workers::Workers;
 
 /// After an accept error such as EMFILE, wait this long before retrying:
@@ -81,15 +83,36 @@ impl Server {
     /// If the threads cannot start, or the first address that cannot be
     /// bound, named in the error.
     pub async fn bind_per_core(config: Config, threads: usize) -> io::Result<Server> {
+        Ok(Server::open_per_core(&config, threads, Vec::new())?.serve(config))
+    }
+
+    /// The first half of [`Server::bind_per_core`]: starts the threads and
+    /// opens the listeners, but accepts nothing yet, so that the daemon can
+    /// give up root in between. Listens on `config.listen`, or, when
+    /// `inherited` has sockets (socket activation), on those instead.
+    ///
+    /// # Errors
+    ///
+    /// If the threads cannot start, or the first address that cannot be
+    /// bound, named in the error.
+    pub fn open_per_core(config: &Config, threads: usize, inherited: Vec<std::net::TcpListener>) -> io::Result<Bound> {
         let workers = Workers::start(threads, config.busy_poll_us)?;
         let mut listeners = Vec::new();
         let mut local_addrs = Vec::new();
-        for addr in &config.listen {
-            let group = workers.listen(*addr).map_err(|e| io::Error::new(e.kind(), format!("listen {addr}: {e}")))?;
-            local_addrs.push(group[0].local_addr()?);
-            listeners.extend(workers.handles().iter().cloned().zip(group));
+        if inherited.is_empty() {
+            for addr in &config.listen {
+                let group =
+                    workers.listen(*addr).map_err(|e| io::Error::new(e.kind(), format!("listen {addr}: {e}")))?;
+                local_addrs.push(group[0].local_addr()?);
+                listeners.extend(workers.handles().iter().cloned().zip(group));
+            }
+        } else {
+            for socket in inherited {
+                local_addrs.push(socket.local_addr()?);
+                listeners.extend(workers.handles().iter().cloned().zip(workers.adopt(socket)?));
+            }
         }
-        Ok(Server::start(listeners, local_addrs, config, Some(workers)))
+        Ok(Bound { listeners, local_addrs, workers })
     }
 
     /// Serves on listeners bound by the caller (`config.listen` is ignored).
@@ -173,6 +196,26 @@ impl Server {
             let _ = self.kill.send(true);
         }
         drained
+    }
+}
+
+/// Listeners open on the session threads, accepting nothing yet; see
+/// [`Server::open_per_core`].
+pub struct Bound {
+    listeners: Vec<(Handle, TcpListener)>,
+    local_addrs: Vec<SocketAddr>,
+    workers: Workers,
+}
+
+impl Bound {
+    /// The addresses listened on (port 0 resolved).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Starts accepting.
+    pub fn serve(self, config: Config) -> Server {
+        Server::start(self.listeners, self.local_addrs, config, Some(self.workers))
     }
 }
 
@@ -274,20 +317,29 @@ fn refuse_over_cap(mut stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>
     });
 }
 
-/// Runs the daemon: binds (sessions on a thread per core, see
-/// [`Server::bind_per_core`]), prints `listening <ADDR>` on stdout for each
-/// listen address, reloads `config_path` on SIGHUP (a bad file is logged and the
-/// old config kept; listeners do not change; `on_reload` gets the new
-/// config, for the binary to apply its `log` level), and on SIGTERM/SIGINT
-/// drains and returns.
+/// How often the daemon may tell systemd the number of live sessions
+/// (`STATUS=`), and only when it changed.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs the daemon: opens the listeners (sessions on a thread per core, see
+/// [`Server::bind_per_core`]; the sockets of `systemd.listeners` instead of
+/// `config.listen` when socket-activated), becomes `config.user` if set,
+/// prints `listening <ADDR>` on stdout for each listener, then serves.
+/// Reloads `config_path` on SIGHUP (a bad file is logged and the old config
+/// kept; listeners and user do not change; `on_reload` gets the new config,
+/// for the binary to apply its `log` level), and on SIGTERM/SIGINT drains
+/// and returns. Tells systemd each step (READY, RELOADING, STOPPING, STATUS)
+/// when it has a notify socket.
 ///
 /// # Errors
 ///
-/// If a listener cannot be bound or signals cannot be set up.
+/// If a listener cannot be opened, the user cannot be switched to, or
+/// signals cannot be set up.
 pub async fn run_daemon(
     config: Config,
     config_path: Option<PathBuf>,
     listen_override: Vec<SocketAddr>,
+    systemd: Systemd,
     on_reload: impl Fn(&Config),
 ) -> io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -295,8 +347,22 @@ pub async fn run_daemon(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
 
+    let Systemd { notify: notifier, listeners: inherited } = systemd;
+    if !inherited.is_empty() {
+        tracing::info!(
+            sockets = inherited.len(),
+            "socket activation: serving the sockets passed by systemd, not `listen`"
+        );
+    }
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    let server = Server::bind_per_core(config, cores).await?;
+    let bound = Server::open_per_core(&config, cores, inherited)?;
+    if let Some(user) = &config.user {
+        match privileges::become_user(user).map_err(io::Error::other)? {
+            Switch::Dropped => tracing::info!(user = %user.name, uid = user.uid, gid = user.gid, "running as user"),
+            Switch::AlreadyThere => tracing::info!(user = %user.name, "already running as user"),
+        }
+    }
+    let server = bound.serve(config);
     {
         let mut out = io::stdout().lock();
         for addr in server.local_addrs() {
@@ -307,19 +373,42 @@ pub async fn run_daemon(
     for addr in server.local_addrs() {
         tracing::info!(addr = %addr, "listening");
     }
+    let addrs: Vec<String> = server.local_addrs().iter().map(ToString::to_string).collect();
+    let status = |sessions: usize| format!("STATUS=listening on {}; {sessions} live sessions", addrs.join(", "));
+    let notify = |state: &str| {
+        if let Some(n) = &notifier {
+            n.notify(state);
+        }
+    };
+    // The session count systemd last heard; the periodic STATUS only says a new one.
+    let mut reported = server.active_sessions();
+    notify(&format!("READY=1\n{}", status(reported)));
+    let mut status_tick = tokio::time::interval_at(tokio::time::Instant::now() + STATUS_EVERY, STATUS_EVERY);
+    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                if let Some(config) = reload(config_path.as_deref(), &listen_override, &server.config().listen) {
+                notify(&systemd::reloading_message());
+                if let Some(config) = reload(config_path.as_deref(), &listen_override, &server.config()) {
                     on_reload(&config);
                     server.reload(config);
                 }
+                reported = server.active_sessions();
+                notify(&format!("READY=1\n{}", status(reported)));
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = status_tick.tick(), if notifier.is_some() => {
+                let now = server.active_sessions();
+                if now != reported {
+                    reported = now;
+                    notify(&status(now));
+                }
+            }
         }
     }
     tracing::info!(sessions = server.active_sessions(), "shutting down: draining sessions");
+    notify(&format!("STOPPING=1\nSTATUS=draining {} live sessions", server.active_sessions()));
     // A second SIGTERM/SIGINT during the drain means "now": returning drops
     // the runtime, which cuts every session.
     tokio::select! {
@@ -331,7 +420,7 @@ pub async fn run_daemon(
 }
 
 /// Reads the config file again; `None` (logged) if there is none or it is bad.
-fn reload(path: Option<&std::path::Path>, listen_override: &[SocketAddr], listening: &[SocketAddr]) -> Option<Config> {
+fn reload(path: Option<&std::path::Path>, listen_override: &[SocketAddr], current: &Config) -> Option<Config> {
     let Some(path) = path else {
         tracing::info!("SIGHUP: no config file, nothing to reload");
         return None;
@@ -341,8 +430,11 @@ fn reload(path: Option<&std::path::Path>, listen_override: &[SocketAddr], listen
             if !listen_override.is_empty() {
                 config.listen = listen_override.to_vec();
             }
-            if config.listen != listening {
+            if config.listen != current.listen {
                 tracing::warn!("SIGHUP: listen changed in the file; listeners stay as they are until restart");
+            }
+            if config.user != current.user {
+                tracing::warn!("SIGHUP: user changed in the file; socks4d stays who it is until restart");
             }
             tracing::info!(file = %path.display(), rules = config.rules.rules.len(), "SIGHUP: config reloaded");
             Some(config)

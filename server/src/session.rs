@@ -179,6 +179,12 @@ async fn destination_addresses<'r>(
     query: &impl Fn(Option<&'r str>, Option<Ipv4Addr>) -> Query<'r>,
     config: &Config,
 ) -> Result<(Option<&'r str>, Vec<Ipv4Addr>), String> {
+    if request.command == Command::Connect && request.port == 0 {
+        // Nothing can listen on port 0: refused before any rule, lookup or
+        // packet. (For BIND, port 0 only says there is no primary
+        // connection; the rules decide as for any port.)
+        return Err("port 0 is not a destination".into());
+    }
     let (name, addrs) = match &request.destination {
         Destination::Ip(ip) => (None, vec![*ip]),
         Destination::Name(name) if !rules::may_allow(&config.rules, &query(Some(name.as_str()), None)) => {

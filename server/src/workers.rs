@@ -126,6 +126,35 @@ impl Workers {
     }
 }
 
+impl Workers {
+    /// One listener per thread over `listener`, a socket someone else opened
+    /// (socket activation): each thread gets a duplicate descriptor of the
+    /// same socket, registered with its own runtime.
+    ///
+    /// Why duplicates: the socket is not ours to re-create, and another
+    /// socket cannot join it in a SO_REUSEPORT group unless systemd set
+    /// `ReusePort=` on it, so per-thread listeners and CPU steering are out.
+    /// With one socket watched by every thread, a new connection wakes them
+    /// all; one accept wins and the others get EAGAIN and wait again (a
+    /// wake-up per thread and connection, few threads). Sessions still stay
+    /// on the thread that accepted them. Accepting on one thread and handing
+    /// sessions over would instead cost a cross-thread wake-up on every
+    /// connection, the cost `workers.rs` exists to avoid.
+    ///
+    /// # Errors
+    ///
+    /// The dup or registration error.
+    pub(crate) fn adopt(&self, listener: std::net::TcpListener) -> io::Result<Vec<TcpListener>> {
+        listener.set_nonblocking(true)?;
+        let mut listeners = Vec::new();
+        for handle in &self.handles {
+            let _entered = handle.enter();
+            listeners.push(TcpListener::from_std(listener.try_clone()?)?);
+        }
+        Ok(listeners)
+    }
+}
+
 /// Attaches a classic BPF program to `listener`'s SO_REUSEPORT group that
 /// picks the listener `CPU % count`, the group's listeners being numbered
 /// in the order they were bound (ours are, one per thread). An index past
@@ -213,6 +242,21 @@ mod tests {
             expected[cpu % 2] = clients.len();
             assert_eq!(accepted, expected, "connections from CPU {cpu}");
         }
+    }
+
+    /// An adopted socket is served by every thread, each through its own
+    /// duplicate: every connection is accepted exactly once.
+    #[test]
+    fn adopted_listener_is_shared_by_every_thread() {
+        let workers = Workers::start(2, 0).unwrap();
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        let listeners = workers.adopt(socket).unwrap();
+        assert_eq!(listeners.len(), 2);
+        assert!(listeners.iter().all(|l| l.local_addr().unwrap() == addr));
+        let _clients: Vec<_> = (0..8).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+        let accepted: usize = workers.handles().iter().zip(&listeners).map(|(h, l)| accept_all(h, l)).sum();
+        assert_eq!(accepted, 8);
     }
 
     fn pin_to(cpu: usize) {

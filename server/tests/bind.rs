@@ -140,3 +140,41 @@ async fn bind_refused_by_command_rule() {
     assert_eq!(read_reply(&mut c).await, REJECTED);
     expect_closed(&mut c).await;
 }
+
+/// The BIND of npm `socks`' example and of Dante's client: DSTIP 0.0.0.0,
+/// DSTPORT 0 (no primary connection). The built-in default rules allow it
+/// (they once refused it with 91: their ports began at 1), and since
+/// 0.0.0.0 names no host, any host may connect back.
+#[tokio::test]
+async fn bind_port_zero_under_builtin_defaults() {
+    let config = socks4_server::Config { connect_timeout: Duration::from_secs(5), ..Default::default() };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = socks4_server::Server::from_listeners(vec![listener], config).unwrap();
+    let (mut c, bound) =
+        bind(server.local_addrs()[0], b"\x04\x02\x00\x00\x00\x00\x00\x00\0", Ipv4Addr::LOCALHOST).await;
+    let mut incoming = connect_from(Ipv4Addr::new(127, 0, 0, 3), bound).await.unwrap();
+    assert_eq!(read_reply(&mut c).await, reply(90, v4(incoming.local_addr().unwrap())));
+    incoming.write_all(b"hello").await.unwrap();
+    assert_eq!(read_n(&mut c, 5).await, b"hello");
+}
+
+/// A rule without `ports` covers port 0 for BIND; one that names its
+/// ports covers port 0 only if a range includes it.
+#[tokio::test]
+async fn bind_port_zero_and_the_ports_key() {
+    let no_port = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0);
+    let (_server, proxy) = start(OPEN).await;
+    let (mut c, bound) = bind(proxy, &request(2, no_port, b"", None), Ipv4Addr::LOCALHOST).await;
+    let incoming = connect_from(Ipv4Addr::LOCALHOST, bound).await.unwrap();
+    assert_eq!(read_reply(&mut c).await, reply(90, v4(incoming.local_addr().unwrap())));
+
+    let (_server, proxy) = start(&format!("{OPEN}ports = [\"1-65535\"]\n")).await;
+    let mut c = send(proxy, &request(2, no_port, b"", None)).await;
+    assert_eq!(read_reply(&mut c).await, REJECTED, "ports 1-65535 leave port 0 out");
+    expect_closed(&mut c).await;
+
+    let (_server, proxy) = start(&format!("{OPEN}ports = [0, 21]\n")).await;
+    let (mut c, bound) = bind(proxy, &request(2, no_port, b"", None), Ipv4Addr::LOCALHOST).await;
+    let incoming = connect_from(Ipv4Addr::LOCALHOST, bound).await.unwrap();
+    assert_eq!(read_reply(&mut c).await, reply(90, v4(incoming.local_addr().unwrap())));
+}

@@ -283,3 +283,15 @@ async fn ipv6_loopback_client_with_builtin_default() {
     c.write_all(b"v6").await.unwrap();
     assert_eq!(read_n(&mut c, 2).await, b"v6");
 }
+
+/// Nothing listens on port 0: a CONNECT there is refused before the rules,
+/// even by a rule that names port 0 (which is for BIND).
+#[tokio::test]
+async fn connect_to_port_zero_gets_91() {
+    for toml in [OPEN.to_string(), format!("{OPEN}ports = [0]\n")] {
+        let (_server, proxy) = start(&toml).await;
+        let mut c = send(proxy, b"\x04\x01\x00\x00\x7f\x00\x00\x01\0").await;
+        assert_eq!(read_reply(&mut c).await, REJECTED, "{toml}");
+        expect_closed(&mut c).await;
+    }
+}

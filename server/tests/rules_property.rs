@@ -79,7 +79,7 @@ fn render(rules: &[ModelRule]) -> String {
             // Both spellings: a bare integer for a single port, "lo-hi" else.
             let items: Vec<String> = ports
                 .iter()
-                .map(|&(lo, hi)| if lo == hi && lo != 0 { lo.to_string() } else { format!("\"{lo}-{hi}\"") })
+                .map(|&(lo, hi)| if lo == hi { lo.to_string() } else { format!("\"{lo}-{hi}\"") })
                 .collect();
             out += &format!("ports = [{}]\n", items.join(", "));
         }
@@ -96,7 +96,8 @@ fn render(rules: &[ModelRule]) -> String {
 // ---------------------------------------------------------------------------
 // The reference evaluation, from the README/rules documentation: the first
 // rule whose every key matches decides; no match refuses. A key left out
-// matches everything, except `ports`, whose default 1-65535 leaves port 0 out.
+// matches everything (`ports`: 0-65535; port 0 is a BIND without a primary
+// port, CONNECT to port 0 is refused before the rules).
 // An IPv4-mapped IPv6 client counts as IPv4. A `to` entry matches a SOCKS4A
 // request if it matches the name or the resolved address. Host names match
 // without regard to case; `*.d` matches names strictly below d.
@@ -139,7 +140,7 @@ fn reference(rules: &[ModelRule], q: &Query<'_>) -> (bool, Option<usize>) {
                 }),
             })
         });
-        let ports = r.ports.as_deref().unwrap_or(&[(1, 65535)]).iter().any(|&(lo, hi)| lo <= q.port && q.port <= hi);
+        let ports = r.ports.as_deref().unwrap_or(&[(0, 65535)]).iter().any(|&(lo, hi)| lo <= q.port && q.port <= hi);
         let command = r.commands.as_ref().is_none_or(|c| c.contains(&q.command));
         let user = r
             .users

@@ -9,12 +9,27 @@ use std::path::{Path, PathBuf};
 
 pub const LIBRARY: &str = "libsocks4.so";
 
-/// libsocks4.so next to the launcher, in `deps/` next to it (cargo's layout), or in `../lib/`.
+/// libsocks4.so next to the launcher, in `deps/` next to it (cargo's layout), in `../lib/`, or
+/// in the system's library directory (the Debian package's place, e.g. /usr/lib/x86_64-linux-gnu).
 pub fn find_library(exe_dir: &Path) -> Option<PathBuf> {
     [exe_dir.join(LIBRARY), exe_dir.join("deps").join(LIBRARY), exe_dir.join("../lib").join(LIBRARY)]
         .into_iter()
+        .chain(system_library_dir().map(|d| d.join(LIBRARY)))
         .find(|p| p.is_file())
         .map(|p| p.canonicalize().unwrap_or(p))
+}
+
+/// The directory this process's libc was loaded from: the loader's library directory for this
+/// architecture (multiarch on Debian, /usr/lib64 elsewhere), learned at run time, so the launcher
+/// needs no list of architecture names and never picks another architecture's library.
+fn system_library_dir() -> Option<PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .map(Path::new)
+        .find(|p| p.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b"libc.so")))
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
 }
 
 /// LD_PRELOAD with `lib` first (so it interposes before anything else) and what was there kept.
@@ -190,6 +205,21 @@ mod tests {
         b[64] = 3;
         assert_eq!(elf_has_interp(&b), Some(true));
         assert_eq!(elf_has_interp(b"#!/bin/sh"), None);
+    }
+
+    /// The library directory is where this architecture's libc is, e.g. /usr/lib/x86_64-linux-gnu
+    /// on Debian (the package installs libsocks4.so there).
+    #[test]
+    fn system_library_dir_holds_libc() {
+        let dir = system_library_dir().expect("libc is mapped");
+        assert!(
+            std::fs::read_dir(&dir).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("libc.so"))
+        );
+        let empty = std::env::temp_dir().join(format!("socks4-nolib-{}", std::process::id()));
+        std::fs::create_dir_all(&empty).unwrap();
+        let found = find_library(&empty);
+        std::fs::remove_dir_all(&empty).unwrap();
+        assert_eq!(found.is_some(), dir.join(LIBRARY).is_file());
     }
 
     #[test]

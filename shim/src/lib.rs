@@ -13,6 +13,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod backoff;
+pub mod cli;
 pub mod config;
 pub mod dns_pool;
 pub mod guard;

@@ -217,6 +217,8 @@ struct Destination {
     addr: SocketAddr,
     /// Each accepted connection's peer address.
     peers: Arc<Mutex<Vec<IpAddr>>>,
+    /// How many times the accept loop found the backlog empty.
+    drained: Arc<AtomicUsize>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -228,11 +230,13 @@ impl Destination {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let peers = Arc::new(Mutex::new(Vec::new()));
+        let drained = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (ps, st) = (peers.clone(), stop.clone());
+        let (ps, dr, st) = (peers.clone(), drained.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
                 let Ok((mut s, peer)) = listener.accept() else {
+                    dr.fetch_add(1, Ordering::SeqCst);
                     std::thread::sleep(Duration::from_millis(2));
                     continue;
                 };
@@ -249,16 +253,26 @@ impl Destination {
                 });
             }
         });
-        Destination { addr, peers, stop, thread: Some(thread) }
+        Destination { addr, peers, drained, stop, thread: Some(thread) }
     }
 
+    /// The connections accepted once the accept loop has emptied the backlog (everything that
+    /// arrived before this call is counted: a program that just exited may have left its
+    /// connections queued, and a loaded machine may not have run the loop yet).
     fn accepted(&self) -> usize {
+        let asked = self.drained.load(Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        // Two empty polls after asking: the first may have begun before the call.
+        while self.drained.load(Ordering::SeqCst) < asked + 2 && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         self.peers.lock().unwrap().len()
     }
 
     /// Asserts `n` connections arrived, every one from socks4d's external address (a direct
     /// connection would come from 127.0.0.1).
     fn assert_all_via_socks4d(&self, n: usize) {
+        self.accepted();
         let peers = self.peers.lock().unwrap();
         assert!(
             peers.len() == n && peers.iter().all(|p| *p == SOCKS4D_EXTERNAL),

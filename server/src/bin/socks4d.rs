@@ -2,39 +2,25 @@
 //! logging, then `run_daemon`).
 
 use std::io::IsTerminal;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use socks4_server::Config;
+use socks4_server::cli::Args;
+use socks4_server::systemd::Systemd;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, reload};
 
-/// A SOCKS4/4A server with access control by client, destination, port,
-/// user id and IDENT. Without --config: listens on 127.0.0.1:1080 and
-/// serves loopback clients only.
-#[derive(Parser)]
-#[command(
-    version,
-    after_help = "Signals: SIGHUP reloads the config file (listeners stay); \
-SIGTERM/SIGINT stop accepting and drain live sessions for drain_timeout (a second one: at once).\n\
-Logs go to stderr; RUST_LOG overrides the config's `log` level."
-)]
-struct Args {
-    /// TOML configuration file (see README, section socks4d).
-    #[arg(long, short, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Address to listen on, instead of the config's `listen` (repeatable).
-    #[arg(long, short, value_name = "ADDR:PORT")]
-    listen: Vec<SocketAddr>,
-    /// Validate the configuration, print the effective settings and rules, and exit.
-    #[arg(long)]
-    check: bool,
-}
-
 fn main() -> ExitCode {
+    // SAFETY: first thing in main, before any thread exists.
+    let systemd = match unsafe { Systemd::take_from_env() } {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("socks4d: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let args = Args::parse();
     let mut config = match &args.config {
         Some(path) => match Config::load(path) {
@@ -81,7 +67,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(socks4_server::run_daemon(config, args.config, args.listen, on_reload));
+    let result = runtime.block_on(socks4_server::run_daemon(config, args.config, args.listen, systemd, on_reload));
     // A name lookup still running on a blocking thread must not hold up the exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     match result {

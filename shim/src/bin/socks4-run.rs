@@ -10,45 +10,10 @@ use std::process::{Command, ExitCode};
 
 use clap::Parser;
 
+use socks4_shim::cli::Args;
 use socks4_shim::launcher::{self, Mode};
 use socks4_shim::supervisor;
 use socks4_shim::upstream::Url;
-
-/// Run PROGRAM so that its TCP connections go through SOCKS servers and its listening sockets
-/// become SOCKS BIND requests.
-#[derive(Parser)]
-#[command(version)]
-struct Args {
-    /// The default route: a SOCKS server URL (socks4://, socks4a://, socks5://[user@], socks5h://,
-    /// or host:port for SOCKS4), or several separated by commas, tried in order (failover); or
-    /// "direct" / "block". Sets SOCKS4_SERVER. No passwords here (ps shows them): use
-    /// --password-file, SOCKS4_PASSWORD or the config file.
-    #[arg(long, value_name = "URL[,URL...]")]
-    server: Option<String>,
-    /// The password of SOCKS5 servers whose URL names a user: the first line of FILE (sets
-    /// SOCKS4_PASSWORD_FILE).
-    #[arg(long, value_name = "FILE")]
-    password_file: Option<PathBuf>,
-    /// SOCKS4 user id sent in requests (sets SOCKS4_USER).
-    #[arg(long)]
-    user: Option<String>,
-    /// Configuration file (sets SOCKS4_CONF).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// One stderr line per connection: its destination and the upstream that carried it, or
-    /// direct (sets SOCKS4_DEBUG=1).
-    #[arg(long)]
-    debug: bool,
-    /// Use the seccomp supervisor whatever the program is (default: for static programs only).
-    #[arg(long, conflicts_with = "preload")]
-    supervise: bool,
-    /// Use LD_PRELOAD whatever the program is (a static program is then NOT socksified).
-    #[arg(long)]
-    preload: bool,
-    /// The program and its arguments.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM ARGS")]
-    command: Vec<OsString>,
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -92,7 +57,10 @@ fn main() -> ExitCode {
 fn preload(command: &[OsString], settings: &[(&str, OsString)], path_var: Option<&std::ffi::OsStr>) -> ExitCode {
     let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(PathBuf::from));
     let Some(lib) = exe_dir.as_deref().and_then(launcher::find_library) else {
-        eprintln!("socks4-run: cannot find {} next to this program, in deps/ or ../lib/", launcher::LIBRARY);
+        eprintln!(
+            "socks4-run: cannot find {} next to this program, in deps/, ../lib/ or the system's library directory",
+            launcher::LIBRARY
+        );
         return ExitCode::from(127);
     };
     for warning in launcher::warnings(&command[0], path_var) {
