@@ -326,6 +326,100 @@ via = "block"
     }
 }
 
+/// Routes by name: names under `a.internal` go to proxy A (SOCKS4A: socks4d resolves them),
+/// names under `b.internal` to proxy B (SOCKS5 with the name: danted resolves them), one name is
+/// resolved here and connected to directly, and everything else is blocked. Only each proxy's
+/// namespace knows its names; the client's resolver knows the direct one alone.
+#[test]
+fn routes_by_name_send_each_name_its_own_way() {
+    let t = TwoProxies::new();
+    let _client_files =
+        NetnsFiles::new(&t.client, "127.0.0.1 localhost\n10.78.3.1 printer.lan\n", "nameserver 127.0.0.1\n");
+    let _a_files = NetnsFiles::new(&t.proxy_a, "127.0.0.1 localhost\n10.78.11.2 files.a.internal\n", "");
+    let _b_files = NetnsFiles::new(&t.proxy_b, "127.0.0.1 localhost\n10.78.12.2 www.b.internal\n", "");
+    let socks4d = Socks4d::start_with(
+        "[[rule]]\naction = \"allow\"\nfrom = [\"10.78.1.0/24\"]\n",
+        &Socks4dOptions {
+            listen: Some(format!("{}:1080", TwoProxies::A_INSIDE)),
+            netns: Some(t.proxy_a.name().to_string()),
+            rust_log: None,
+        },
+    );
+    let danted = Danted::start_with(&DantedOptions {
+        internal: ip(TwoProxies::B_INSIDE),
+        port: Some(1080),
+        external: ip(TwoProxies::B_OUTSIDE),
+        netns: Some(t.proxy_b.name().to_string()),
+    });
+    let srv = |host: &str| PeerServer::start_in(Some(t.server.name()), ip(host));
+    let (net_a, net_b, direct) =
+        (srv(TwoProxies::NET_A_HOST), srv(TwoProxies::NET_B_HOST), srv(TwoProxies::DIRECT_HOST));
+    let dir = TempDir::new("upstreams-names");
+    let config = write_config(
+        &dir,
+        "names.toml",
+        &format!(
+            r#"direct = []
+server = "block"
+debug = true
+[[route]]
+to = ["*.a.internal"]
+via = "socks4a://{a}:1080"
+[[route]]
+to = ["*.b.internal"]
+via = "socks5h://{b}:1080"
+[[route]]
+to = ["printer.lan"]
+via = "direct"
+"#,
+            a = TwoProxies::A_INSIDE,
+            b = TwoProxies::B_INSIDE
+        ),
+    );
+    let program = format!(
+        "{PROBE_PY}\nreport('a', 'files.a.internal', {})\nreport('b', 'www.b.internal', {})\n\
+         report('d', 'printer.lan', {})\nreport('x', '{}', {})",
+        net_a.addr.port(),
+        net_b.addr.port(),
+        direct.addr.port(),
+        TwoProxies::DIRECT_HOST,
+        direct.addr.port()
+    );
+    for mode in [Mode::Preload, Mode::Supervise] {
+        let mut cmd = with_config(mode, PYTHON, &config);
+        cmd.arg("-c").arg(&program);
+        let out = run_with_timeout(&mut t.client.wrap(&cmd), b"", TIMEOUT);
+        let diag = || format!("{mode:?}\n{out}\n--- socks4d ---\n{}\n--- danted ---\n{}", socks4d.log(), danted.log());
+        let map = probes(&out);
+        let peer = |label: &str| probe(&map, label, &out).peer.map(|a| a.ip());
+        assert_eq!(peer("a"), Some(ip(TwoProxies::A_OUTSIDE)), "{}", diag());
+        assert_eq!(peer("b"), Some(ip(TwoProxies::B_OUTSIDE)), "{}", diag());
+        if mode == Mode::Preload {
+            assert_eq!(peer("d"), Some(ip(TwoProxies::CLIENT_DIRECT)), "{}", diag());
+        } else {
+            // Under the supervisor, a name the program's own libc finds in /etc/hosts never
+            // becomes a DNS query, so it arrives as an address, which no name route matches
+            // (README, the supervisor's limits).
+            assert_eq!(probe(&map, "d", &out).errno.as_deref(), Some("EACCES"), "{}", diag());
+        }
+        // The same host by address matches no name route: the default blocks it.
+        assert_eq!(probe(&map, "x", &out).errno.as_deref(), Some("EACCES"), "{}", diag());
+        assert!(
+            out.stderr.contains("connect to files.a.internal:") && out.stderr.contains("via socks4a://"),
+            "{}",
+            diag()
+        );
+        assert!(
+            out.stderr.contains("connect to www.b.internal:") && out.stderr.contains("via socks5h://"),
+            "{}",
+            diag()
+        );
+    }
+    // socks4d got the name (SOCKS4A), not an address.
+    assert!(socks4d.log().contains("dest=files.a.internal:"), "{}", socks4d.log());
+    assert_eq!(direct.peers().len(), 1);
+}
+
 /// Failover: the first upstream of each route is dead (one accepts and never answers, one is an
 /// address where no host answers); the second carries the connection. The dead one is then
 /// skipped by every process of the program tree without waiting for its timeout: what a child
