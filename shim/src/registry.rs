@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::route::Conn;
-use crate::sockaddr::canonical;
 
 pub type Fd = i32;
 
@@ -27,6 +26,9 @@ pub enum SocketState {
         /// The address the destination sees, from the reply; None when the reply said 0.0.0.0 and
         /// the real local address is reported instead.
         local: Option<SocketAddr>,
+        /// The address getsockname shows for it (canonical): a bind() to it with port 0 is for a
+        /// BIND belonging to this connection. None: a real local address in a direct network.
+        side_ip: Option<IpAddr>,
         /// Order of the CONNECTs, to find the most recent.
         seq: u64,
     },
@@ -164,11 +166,11 @@ impl Registry {
     }
 
     /// Records a granted CONNECT.
-    pub fn connected(&self, fd: Fd, dest: SocketAddr, conn: Conn, local: Option<SocketAddr>) {
+    pub fn connected(&self, fd: Fd, dest: SocketAddr, conn: Conn, local: Option<SocketAddr>, side_ip: Option<IpAddr>) {
         self.with(|i| {
             i.seq += 1;
             i.latest = Some(conn);
-            i.map.insert(fd, SocketState::Connected { dest, conn, local, seq: i.seq });
+            i.map.insert(fd, SocketState::Connected { dest, conn, local, side_ip, seq: i.seq });
         });
     }
 
@@ -183,9 +185,7 @@ impl Registry {
             .map
             .values()
             .filter_map(|s| match s {
-                SocketState::Connected { conn, local: Some(local), seq, .. } if canonical(*local).ip() == ip => {
-                    Some((*seq, *conn))
-                }
+                SocketState::Connected { conn, side_ip: Some(side), seq, .. } if *side == ip => Some((*seq, *conn)),
                 _ => None,
             })
             .max_by_key(|(seq, _)| *seq)
@@ -236,13 +236,15 @@ mod tests {
     use super::*;
 
     use crate::route::{Carrier, RouteId};
+    use crate::sockaddr::canonical;
 
     fn v4(s: &str) -> Conn {
         Conn { dest: s.parse().unwrap(), carrier: Carrier { route: RouteId::Default, pick: 0 } }
     }
 
     fn connect(r: &Registry, fd: Fd, dest: &str, local: Option<&str>) {
-        r.connected(fd, dest.parse().unwrap(), v4(dest), local.map(|l| l.parse().unwrap()));
+        let local: Option<SocketAddr> = local.map(|l| l.parse().unwrap());
+        r.connected(fd, dest.parse().unwrap(), v4(dest), local, local.map(|l| canonical(l).ip()));
     }
 
     #[test]

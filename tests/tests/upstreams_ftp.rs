@@ -6,7 +6,10 @@
 
 mod upstreams_support;
 
-use socks4_tests::{ActiveFtp, Danted, DantedOptions, FtpClient, Socks4d, Socks4dOptions, TempDir, Topology};
+use socks4_tests::{
+    ActiveFtp, Danted, DantedOptions, FtpClient, FtpJob, PyFtpd, Socks4d, Socks4dOptions, SshSocks, TempDir, Topology,
+    run_ftp,
+};
 use upstreams_support::{Chain, Mode, TwoProxies, ip, with_config, with_server, write_config};
 
 /// danted in the firewall's proxy namespace, spoken to in SOCKS5.
@@ -164,4 +167,36 @@ fn inetutils_ftp_bind_follows_the_route_of_its_connection() {
 #[test]
 fn tnftp_bind_follows_the_route_of_its_connection() {
     bind_follows_the_route(FtpClient::Tnftp);
+}
+
+/// `ssh -D` does CONNECT only: active FTP through it must fail closed, quickly, with nothing
+/// around it: the control connection arrives from the proxy, but no PORT/EPRT names the client
+/// and no data connection is made.
+#[test]
+fn active_ftp_through_ssh_dynamic_forward_fails_closed() {
+    let topo = Topology::firewall();
+    let ssh = SshSocks::start(&topo.client, &topo.proxy, topo.proxy_inside_ip);
+    let dir = TempDir::new("ssh-ftp");
+    let root = dir.join("root");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("file.bin"), b"must not arrive").unwrap();
+    let ftpd = PyFtpd::start_in(Some(topo.server.name()), &root, topo.server_ip);
+    let local = dir.join("got.bin");
+    let mut job = FtpJob::anonymous(ftpd.addr);
+    job.get.push(("file.bin".into(), local.clone()));
+    let server = format!("socks5://{}", ssh.addr);
+    let out = run_ftp(
+        FtpClient::Inetutils,
+        &job,
+        |p| topo.client.wrap(&with_server(p, &server)),
+        std::time::Duration::from_secs(30),
+    );
+    let diag = format!("{out}\n--- ftpd ---\n{}\n--- sshd ---\n{}", ftpd.log(), ssh.log());
+    assert!(!out.timed_out(), "the client hung: {diag}");
+    let controls = ftpd.control_peers();
+    assert!(!controls.is_empty() && controls.iter().all(|p| p.ip() == topo.proxy_outside_ip), "{diag}");
+    assert!(ftpd.port_commands().is_empty(), "a PORT/EPRT reached the server: {diag}");
+    assert!(ftpd.data_connections().is_empty(), "a data connection was opened: {diag}");
+    assert!(std::fs::read(&local).unwrap_or_default().is_empty(), "file.bin arrived: {diag}");
+    assert!(out.stderr.contains("bind request for"), "one line says the BIND failed: {diag}");
 }

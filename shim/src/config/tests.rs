@@ -307,3 +307,18 @@ fn bad_env_var_is_named_and_others_still_apply() {
     let (_, err) = parse_env(env(&[("SOCKS4_BACKOFF", "-3")]));
     assert_eq!(err.unwrap().key, "SOCKS4_BACKOFF");
 }
+
+/// The example configuration in the README parses (its names are not resolved here).
+#[test]
+fn the_readme_example_parses() {
+    let readme = include_str!("../../../README.md");
+    let start = readme.find("# /etc/socks4.toml (or SOCKS4_CONF").expect("the example in the README");
+    let text = &readme[start..];
+    let text = &text[..text.find("```").expect("the end of the example")];
+    let p = parse_file("README.md", text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let routes = p.routes.expect("routes");
+    assert_eq!(routes.len(), 4);
+    assert!(matches!(&routes[1].via, ViaSpec::Chain(hops) if hops.len() == 2));
+    assert_eq!(routes[3].ports, [(25, 25), (465, 465), (587, 587)]);
+    assert!(matches!(&p.server, Some((ViaSpec::Failover(urls), _)) if urls.len() == 2));
+}

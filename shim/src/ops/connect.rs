@@ -27,6 +27,10 @@ pub struct Established {
     pub local: Option<SocketAddr>,
     /// The destination and the upstream(s) that carried it: where a BIND for it goes.
     pub conn: Conn,
+    /// The address getsockname shows for the connection (canonical): the reply's, or, when the
+    /// reply said 0.0.0.0 (`ssh -D` does), the real local one unless it is in a direct network.
+    /// A bind() to it with port 0 is an FTP client's data socket: a BIND for this connection.
+    pub side_ip: Option<IpAddr>,
 }
 
 /// Where a connect that is not plainly direct goes.
@@ -150,7 +154,7 @@ fn proxied(fd: c_int, config: &Config, dest: SocketAddr, plan: &Plan) -> Verdict
     }
     match through_proxy(fd, config, dest.is_ipv6(), plan) {
         Ok(done) => {
-            registry.connected(fd, dest, done.conn, done.local);
+            registry.connected(fd, dest, done.conn, done.local, done.side_ip);
             Verdict::Done(0)
         }
         Err(e) => Verdict::Fail(e),
@@ -172,5 +176,9 @@ pub fn through_proxy(fd: c_int, config: &Config, v6: bool, plan: &Plan) -> Resul
     let ask = Ask { command: Command::Connect, dest: *dest, name: name.as_deref(), v6 };
     let granted = proxy::ask(fd, config, *route, None, &ask)?;
     let local = granted.reply.addr().filter(|a| !a.ip().is_unspecified()).and_then(|a| to_family(a, v6));
-    Ok(Established { local, conn: Conn { dest: *dest, carrier: granted.carrier } })
+    let side_ip = match local {
+        Some(l) => Some(canonical(l).ip()),
+        None => sys::local_addr(fd).ok().map(|a| canonical(a).ip()).filter(|ip| !config.is_direct(*ip)),
+    };
+    Ok(Established { local, conn: Conn { dest: *dest, carrier: granted.carrier }, side_ip })
 }

@@ -120,7 +120,7 @@ fn proxied(
             let mut state = sup.state.lock();
             match result {
                 Ok(done) => {
-                    state.connected(ino, dest, done.conn, done.local);
+                    state.connected(ino, dest, &done);
                     state.prune_if_large();
                 }
                 Err(_) => {

@@ -9,7 +9,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::route::Conn;
-use crate::sockaddr::canonical;
 use crate::socks::ReplyProgress;
 use crate::sys::Errno;
 
@@ -59,6 +58,8 @@ pub enum Sock {
     Connected {
         dest: SocketAddr,
         local: Option<SocketAddr>,
+        /// What getsockname shows for it, as in the shim's registry.
+        side_ip: Option<IpAddr>,
         conn: Conn,
         seq: u64,
     },
@@ -116,10 +117,11 @@ impl Inner {
         self.tids.insert(tid);
     }
 
-    pub fn connected(&mut self, ino: u64, dest: SocketAddr, conn: Conn, local: Option<SocketAddr>) {
+    pub fn connected(&mut self, ino: u64, dest: SocketAddr, done: &crate::ops::connect::Established) {
         self.seq += 1;
-        self.latest = Some(conn);
-        self.socks.insert(ino, Sock::Connected { dest, local, conn, seq: self.seq });
+        self.latest = Some(done.conn);
+        let (local, side_ip, conn) = (done.local, done.side_ip, done.conn);
+        self.socks.insert(ino, Sock::Connected { dest, local, side_ip, conn, seq: self.seq });
     }
 
     /// The most recent proxied connection whose proxy-side address is `ip` (canonical).
@@ -127,9 +129,7 @@ impl Inner {
         self.socks
             .values()
             .filter_map(|s| match s {
-                Sock::Connected { conn, local: Some(local), seq, .. } if canonical(*local).ip() == ip => {
-                    Some((*seq, *conn))
-                }
+                Sock::Connected { conn, side_ip: Some(side), seq, .. } if *side == ip => Some((*seq, *conn)),
                 _ => None,
             })
             .max_by_key(|(seq, _)| *seq)
