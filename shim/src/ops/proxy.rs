@@ -4,7 +4,9 @@
 //!
 //! Failover happens only when the first hop is down: it could not be reached, or (SOCKS5) did not
 //! answer the greeting in time. Then no request has reached it, so trying the next upstream cannot
-//! make a second connection to the destination. Any answer, a refusal included, is final.
+//! make a second connection to the destination. Any answer, a refusal included, is final. A BIND
+//! goes to the upstream of its connection whatever the back-off says: that one carries the
+//! connection at this very moment.
 
 use std::ffi::c_int;
 use std::fmt;
@@ -98,6 +100,13 @@ pub fn ask(fd: c_int, config: &Config, route: RouteId, only: Option<u16>, ask: &
         let hops = config.hops(carrier);
         let (Some(&first), Some(&last)) = (hops.first(), hops.last()) else { continue };
         let (first_up, last_up) = (&config.upstreams[first], &config.upstreams[last]);
+        // A BIND goes where its connection went, which works: the back-off is for new connects.
+        if only.is_none()
+            && let Some((errno, left)) = backoff::down(first)
+        {
+            skipped.get_or_insert((first, errno, left));
+            continue;
+        }
         let target = match ask.name {
             Some(name) if last_up.sends_names => Target::Name(name, ask.dest.port()),
             Some(name) => {
@@ -118,14 +127,11 @@ pub fn ask(fd: c_int, config: &Config, route: RouteId, only: Option<u16>, ask: &
             failed = Some(libc::EAFNOSUPPORT);
             continue;
         };
-        if let Some((errno, left)) = backoff::down(first) {
-            skipped.get_or_insert((first, errno, left));
-            continue;
-        }
         let path = Path(config, hops);
         let refs: Vec<&Upstream> = hops.iter().map(|&h| &config.upstreams[h]).collect();
         match socks::exchange(fd, &proxy, &refs, &config.user, ask.command, &target, config.timeout) {
             Ok(g) => {
+                backoff::mark_up(first);
                 match g.addr() {
                     Some(a) => debug!("{ask} via {path}: granted, {a}"),
                     None => debug!("{ask} via {path}: granted, a named host, port {}", g.port),
