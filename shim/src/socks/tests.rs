@@ -269,3 +269,35 @@ fn socks4_cannot_carry_ipv6() {
     drop(fd);
     server.join().unwrap();
 }
+
+/// A SOCKS5 server that dribbles every answer a byte at a time: the blocking exchange waits for
+/// each whole message and still reads not one byte past the reply.
+#[test]
+fn dribbled_socks5_answers_are_read_whole() {
+    let (proxy, server) = server(|mut s| {
+        let dribble = |s: &mut TcpStream, bytes: &[u8]| {
+            for b in bytes {
+                s.write_all(&[*b]).unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        read_n(&mut s, 3);
+        dribble(&mut s, b"\x05\x00");
+        read_n(&mut s, 4 + 1 + 11 + 2);
+        let mut reply = b"\x05\x00\x00\x03\xff".to_vec();
+        reply.extend(std::iter::repeat_n(b'a', 255));
+        reply.extend_from_slice(b"\x00\x15");
+        dribble(&mut s, &reply[..12]);
+        s.write_all(&[&reply[12..], b"220 ok\r\n"].concat()).unwrap();
+    });
+    let hop = upstream("socks5h://127.0.0.1:1", Some(proxy));
+    let fd = socket();
+    let target = Target::Name("ftp.example", 21);
+    let g = exchange(fd.as_raw_fd(), &proxy, &[&hop], b"", Command::Connect, &target, Duration::from_secs(5)).unwrap();
+    assert_eq!((g.ip, g.port), (None, 21), "a 255-byte BND.ADDR name, the longest reply");
+    let mut banner = [0u8; 8];
+    // SAFETY: reading into our own buffer from our own socket.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), banner.as_mut_ptr().cast(), 8, libc::MSG_WAITALL) };
+    assert_eq!((n, &banner), (8, b"220 ok\r\n"));
+    server.join().unwrap();
+}
