@@ -3,6 +3,7 @@
 //! The protocol is `shared/spec/SOCKS4.protocol.txt`; SOCKS4A is the
 //! `0.0.0.x` (x != 0) DSTIP convention with a host name after the user id.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -173,11 +174,11 @@ impl Request {
             return Ok(None);
         }
         let command = Command::from_byte(buf[1])?;
-        if buf.len() < 8 {
+        let Some(&[_, _, p0, p1, a, b, c, d]) = buf.first_chunk::<8>() else {
             return Ok(None);
-        }
-        let port = u16::from_be_bytes([buf[2], buf[3]]);
-        let ip = Ipv4Addr::new(buf[4], buf[5], buf[6], buf[7]);
+        };
+        let port = u16::from_be_bytes([p0, p1]);
+        let ip = Ipv4Addr::new(a, b, c, d);
 
         let rest = &buf[8..];
         let Some(user_len) =
@@ -222,7 +223,7 @@ impl Request {
     }
 
     /// The user id as text, for rules and logs (invalid UTF-8 replaced).
-    pub fn user_id_lossy(&self) -> std::borrow::Cow<'_, str> {
+    pub fn user_id_lossy(&self) -> Cow<'_, str> {
         String::from_utf8_lossy(&self.user_id)
     }
 }
@@ -516,6 +517,37 @@ mod tests {
         out.clear();
         Request::connect(Destination::Name("files.internal".into()), 80, "fred").encode(&mut out);
         assert_eq!(out, CONNECT_4A);
+    }
+
+    #[test]
+    fn user_id_as_text() {
+        assert_eq!(decoded(CONNECT).0.user_id_lossy(), "fred");
+        assert_eq!(
+            Request::connect(Destination::Ip(Ipv4Addr::LOCALHOST), 80, b"fr\xffd".to_vec()).user_id_lossy(),
+            "fr\u{fffd}d"
+        );
+    }
+
+    #[test]
+    fn commands_and_destinations_have_names() {
+        assert_eq!((Command::Connect.name(), Command::Bind.name()), ("connect", "bind"));
+        assert_eq!((Command::Connect.to_string(), Command::Bind.to_string()), ("connect".into(), "bind".into()));
+        assert_eq!(Destination::Ip(Ipv4Addr::new(192, 0, 2, 1)).to_string(), "192.0.2.1");
+        assert_eq!(Destination::Name("Files.Internal".into()).to_string(), "Files.Internal");
+    }
+
+    #[test]
+    fn reply_codes_describe_themselves() {
+        let texts = [
+            (ReplyCode::Granted, "90 (request granted)"),
+            (ReplyCode::Rejected, "91 (request rejected or failed)"),
+            (ReplyCode::IdentUnreachable, "92 (rejected: the SOCKS server cannot connect to identd on the client)"),
+            (ReplyCode::IdentMismatch, "93 (rejected: the client program and identd report different user ids)"),
+        ];
+        for (code, text) in texts {
+            assert_eq!(code.to_string(), text);
+            assert_eq!(format!("{} ({})", code as u8, code.describe()), text);
+        }
     }
 
     #[test]

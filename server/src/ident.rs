@@ -160,7 +160,9 @@ mod tests {
         assert_eq!(parse_response(b"1,2:WHAT:UNIX:x", 1, 2), Err(IdentError::Malformed));
         assert_eq!(parse_response(b"1,2:USERID:UNIX:", 1, 2), Err(IdentError::Malformed));
         let mut long = b"1,2:USERID:UNIX:".to_vec();
-        long.extend(std::iter::repeat_n(b'u', 513));
+        long.extend(std::iter::repeat_n(b'u', 512));
+        assert_eq!(parse_response(&long, 1, 2).map(|u| u.len()), Ok(512), "512 octets is the limit itself");
+        long.push(b'u');
         assert_eq!(parse_response(&long, 1, 2), Err(IdentError::UserIdTooLong));
     }
 }

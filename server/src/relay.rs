@@ -105,10 +105,14 @@ async fn copy(from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>, count: &mut u64) 
         }
         to.write_all(&buf[..n]).await?;
         *count += n as u64;
-        if n == buf.len() && buf.len() < BUF_MAX {
-            buf.resize(buf.len() * 2, 0);
-        }
+        buf.resize(grown(buf.len(), n), 0);
     }
+}
+
+/// The copy buffer's size after a read of `n` bytes into `len`: doubled when the read filled it,
+/// never past [`BUF_MAX`] (a power-of-two multiple of [`BUF_START`]).
+fn grown(len: usize, n: usize) -> usize {
+    if n == len && len < BUF_MAX { len * 2 } else { len }
 }
 
 #[cfg(test)]
@@ -216,6 +220,20 @@ mod tests {
             let (up, down) = if client_first { (7, 11) } else { (11, 7) };
             assert_eq!(traffic, Traffic { up, down });
         }
+    }
+
+    /// Full reads double the buffer from 16 KiB up to 128 KiB and no further; a short read
+    /// leaves it as it is.
+    #[test]
+    fn the_copy_buffer_grows_with_full_reads_up_to_its_cap() {
+        let mut sizes = vec![BUF_START];
+        for _ in 0..5 {
+            let len = *sizes.last().unwrap();
+            sizes.push(grown(len, len));
+        }
+        assert_eq!(sizes, [16384, 32768, 65536, 131072, 131072, 131072]);
+        assert_eq!(grown(32768, 32767), 32768);
+        assert_eq!(grown(32768, 1), 32768);
     }
 
     #[tokio::test]

@@ -295,3 +295,36 @@ async fn connect_to_port_zero_gets_91() {
         expect_closed(&mut c).await;
     }
 }
+
+/// A refused client that pipelined data after its request still reads the whole refusal and a
+/// clean end: the server drains what it sent (up to 64 KiB, for 500 ms) before closing, since
+/// closing with unread input would send a reset that destroys the reply in flight.
+#[tokio::test]
+async fn refused_client_with_pipelined_data_reads_the_reply_then_eof() {
+    let (_server, proxy) = start("[[rule]]\naction = \"deny\"\n").await;
+    let (dest, _seen) = echo_server(Ipv4Addr::LOCALHOST).await;
+    let mut bytes = request(1, dest, b"", None);
+    bytes.extend(std::iter::repeat_n(b'p', 48 * 1024));
+    let mut c = send(proxy, &bytes).await;
+    // Let the server refuse and close before we read anything.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(read_reply(&mut c).await, REJECTED);
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest)).await.expect("EOF in time");
+    assert!(end.is_ok() && rest.is_empty(), "want a clean EOF after the reply: {end:?}, {} bytes", rest.len());
+}
+
+/// CONNECT to 0.0.0.0 is refused (Linux would take it as this host, around rules about
+/// 127.0.0.0/8); a BIND naming 0.0.0.0 is a BIND that any host may answer.
+#[tokio::test]
+async fn connect_to_the_unspecified_address_is_refused_but_bind_is_not() {
+    let (_server, proxy) = start(OPEN).await;
+    let (dest, mut seen) = echo_server(Ipv4Addr::LOCALHOST).await;
+    let zero = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, dest.port());
+    let mut c = send(proxy, &request(1, zero, b"", None)).await;
+    assert_eq!(read_reply(&mut c).await, REJECTED);
+    expect_closed(&mut c).await;
+    assert!(seen.try_recv().is_err(), "0.0.0.0 reached the destination");
+    let mut b = send(proxy, &request(2, zero, b"", None)).await;
+    assert_eq!(read_reply(&mut b).await[..2], [0, 90]);
+}

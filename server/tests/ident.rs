@@ -89,6 +89,54 @@ async fn overlong_or_unended_line_gets_92() {
     assert_eq!(read_reply(&mut c).await[1], 92);
 }
 
+/// An identd that answers `line` (no end of line in it) in pieces, 20 ms apart, then `\r\n`:
+/// socks4d must put the pieces together and measure the whole line.
+async fn dribbling_identd(line: impl Fn(&str) -> String + Send + Sync + 'static) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let line = std::sync::Arc::new(line);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let line = line.clone();
+            tokio::spawn(async move {
+                let mut s = BufReader::new(s);
+                let mut query = String::new();
+                if s.read_line(&mut query).await.is_err() {
+                    return;
+                }
+                let answer = line(query.trim_end());
+                for piece in answer.as_bytes().chunks(300).chain([&b"\r\n"[..]]) {
+                    if s.get_mut().write_all(piece).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// `query : USERID : UNIX : someone`, padded with blanks (which the parser trims) to `len`.
+fn padded_answer(query: &str, len: usize) -> String {
+    let head = format!("{query} : USERID : UNIX");
+    let tail = " : someone";
+    format!("{head}{}{tail}", " ".repeat(len - head.len() - tail.len()))
+}
+
+/// RFC 1413's limit is 1000 characters without the end of line: a line of exactly 1000 that
+/// arrives in pieces is an answer; 1001 is too long (92).
+#[tokio::test]
+async fn line_limit_is_exactly_1000_characters_across_pieces() {
+    let (dest, _d) = echo_server(Ipv4Addr::LOCALHOST).await;
+    for (len, code) in [(1000, 90), (1001, 92)] {
+        let port = dribbling_identd(move |q| padded_answer(q, len)).await;
+        let (_server, proxy) = start(&config(port, "match")).await;
+        let mut c = send(proxy, &request(1, dest, b"someone", None)).await;
+        assert_eq!(read_reply(&mut c).await[1], code, "a line of {len} characters");
+    }
+}
+
 /// How an identd that never gives a whole answer behaves.
 #[derive(Clone, Copy)]
 enum Stuck {

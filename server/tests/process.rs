@@ -301,6 +301,8 @@ fn session_log_line_has_the_fields() {
             ] {
                 assert!(line.contains(want), "{want} missing in {line}");
             }
+            // A relay that ended normally gives no reason.
+            assert!(line.ends_with("reason="), "{line}");
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(5), "no session line:\n{log}");
@@ -495,4 +497,72 @@ fn busy_polling_stops_when_the_traffic_stops() {
         "{idle:?} of CPU in 1 s idle (1,000 CONNECTs took {busy:?} over {:?})",
         start.elapsed()
     );
+}
+
+/// The session line of the first session that ends after `start`: waits up to 5 s.
+fn session_line(daemon: &Daemon, skip: usize) -> String {
+    let start = Instant::now();
+    loop {
+        let log = daemon.log();
+        if let Some(line) = log.lines().filter(|l| l.contains(" session ") || l.ends_with(" session")).nth(skip) {
+            return line.to_string();
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "no session line:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Bytes a client pipelines after its request count as sent up, with what it sends later.
+#[test]
+fn pipelined_bytes_count_in_the_log_line() {
+    let dir = TempDir::new("log-pipe");
+    let path = dir.write("c.toml", "[[rule]]\naction = \"allow\"\nfrom = [\"127.0.0.0/8\"]\n");
+    let daemon = Daemon::start(&dir, &path);
+    let dest = echo();
+    let SocketAddr::V4(d) = dest else { panic!("IPv4 echo") };
+    let mut s = TcpStream::connect(daemon.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut req = vec![4, 1];
+    req.extend_from_slice(&d.port().to_be_bytes());
+    req.extend_from_slice(&d.ip().octets());
+    req.extend_from_slice(b"\0abc");
+    s.write_all(&req).unwrap();
+    let mut reply = [0u8; 8];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[1], 90);
+    s.write_all(b"12").unwrap();
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"abc12");
+    drop(s);
+    let line = session_line(&daemon, 0);
+    assert!(line.contains("bytes_up=5") && line.contains("bytes_down=5"), "{line}");
+}
+
+/// A SOCKS4A request that no allow rule could match is refused without looking the name up,
+/// and the log says so; a refusal by a matching deny rule names the rule.
+#[test]
+fn refusals_say_why_in_the_log_line() {
+    let dir = TempDir::new("log-refuse");
+    let path = dir.write(
+        "c.toml",
+        "[[rule]]\nname = \"no-ten\"\naction = \"deny\"\nto = [\"10.0.0.0/8\"]\n\
+         [[rule]]\naction = \"allow\"\nfrom = [\"192.0.2.0/24\"]\n",
+    );
+    let daemon = Daemon::start(&dir, &path);
+    let ask = |req: &[u8]| {
+        let mut s = TcpStream::connect(daemon.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(req).unwrap();
+        let mut reply = [0u8; 8];
+        s.read_exact(&mut reply).unwrap();
+        reply[1]
+    };
+    assert_eq!(ask(b"\x04\x01\x00\x50\x00\x00\x00\x01\0localhost\0"), 91);
+    let line = session_line(&daemon, 0);
+    assert!(line.ends_with("reason=refused by rules (name not looked up)"), "{line}");
+    assert!(line.contains("rule=-"), "{line}");
+    assert_eq!(ask(b"\x04\x01\x00\x50\x0a\x00\x00\x01\0"), 91);
+    let line = session_line(&daemon, 1);
+    assert!(line.ends_with("reason=refused by rules") && line.contains("rule=0:no-ten"), "{line}");
 }
