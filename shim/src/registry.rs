@@ -35,7 +35,7 @@ pub enum SocketState {
     /// Really bound with port 0: a listen() on it may become a BIND.
     BoundAnyPort { addr: SocketAddr },
     /// bind() to the proxy-side address of a proxied connection: recorded, not done.
-    FakeBound { addr: SocketAddr, conn: Conn },
+    FakeBound { addr: SocketAddr, primary: Conn },
     /// A BIND request was granted; the descriptor is the connection to the SOCKS server.
     Bind(Box<BindState>),
     /// The relayed connection handed out by accept.
@@ -44,15 +44,14 @@ pub enum SocketState {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BindState {
-    /// The connection the BIND request was for.
-    pub conn: Conn,
+    /// The primary connection (the one to the application server) the BIND request was for.
+    pub primary: Conn,
     /// The address from the first reply (0.0.0.0 replaced by the server's), in the socket's family.
     pub local: SocketAddr,
     /// Bytes of the second reply received so far.
     pub second: crate::socks::ReplyProgress,
-    /// Whether the socket was non-blocking when the one connection was accepted (later accepts then
-    /// answer EAGAIN rather than EINVAL); None until then.
-    pub accepted: Option<bool>,
+    /// Whether accept has taken the BIND's one connection yet.
+    pub taken: crate::ops::accept::Taken,
     /// The socket is AF_INET6.
     pub v6: bool,
 }
@@ -335,10 +334,10 @@ mod tests {
         r.insert(
             3,
             SocketState::Bind(Box::new(BindState {
-                conn: v4("10.0.0.5:21"),
+                primary: v4("10.0.0.5:21"),
                 local: "192.0.2.1:5000".parse().unwrap(),
                 second: Default::default(),
-                accepted: None,
+                taken: crate::ops::accept::Taken::No,
                 v6: false,
             })),
         );

@@ -62,20 +62,39 @@ pub fn peer_in_family(peer: SocketAddr, v6: bool) -> SocketAddr {
     to_family(peer, v6).unwrap_or_else(|| SocketAddr::from((Ipv4Addr::UNSPECIFIED, peer.port())))
 }
 
+/// A BIND carries one connection: whether an accept has taken it (or found that it failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Not yet: the next accept reads the second reply.
+    No,
+    /// Taken by an accept made while the socket was non-blocking, or blocking.
+    Yes { nonblocking: bool },
+}
+
+impl Taken {
+    /// What an accept after the one connection gets, `nonblocking` or not: EAGAIN if either this
+    /// call or the one that took it was non-blocking (a poll loop asking again is normal), else
+    /// EINVAL with one stderr line (a blocking accept would wait forever).
+    pub fn again(self, nonblocking: bool, primary: Conn) -> Option<Errno> {
+        let Taken::Yes { nonblocking: then } = self else { return None };
+        if nonblocking || then {
+            return Some(libc::EAGAIN);
+        }
+        error!("accept on the BIND socket for {primary}: a SOCKS BIND carries one connection, already accepted");
+        Some(libc::EINVAL)
+    }
+}
+
 /// `flags` are accept4's (SOCK_CLOEXEC, SOCK_NONBLOCK); accept passes 0.
 pub fn accept(fd: c_int, flags: c_int) -> Verdict<(c_int, SocketAddr)> {
     let registry = registry::global();
     let Some(SocketState::Bind(mut bind)) = registry.get(fd) else { return Verdict::Pass };
     let nonblocking = sys::get_flags(fd).is_ok_and(|f| f & libc::O_NONBLOCK != 0);
-    if let Some(was_nonblocking) = bind.accepted {
-        if nonblocking || was_nonblocking {
-            return Verdict::Fail(libc::EAGAIN);
-        }
-        error!("accept on the BIND socket for {}: a SOCKS BIND carries one connection, already accepted", bind.conn);
-        return Verdict::Fail(libc::EINVAL);
+    if let Some(e) = bind.taken.again(nonblocking, bind.primary) {
+        return Verdict::Fail(e);
     }
     let recv_flags = if nonblocking { libc::MSG_DONTWAIT } else { 0 };
-    let verdict = match second_reply(fd, bind.conn, &mut bind.second, recv_flags) {
+    let verdict = match second_reply(fd, bind.primary, &mut bind.second, recv_flags) {
         // Not all 8 bytes yet, or a signal: keep what came, the next accept goes on from there.
         SecondReply::Waiting(e) => Verdict::Fail(e),
         SecondReply::Granted(peer) => {
@@ -91,16 +110,16 @@ pub fn accept(fd: c_int, flags: c_int) -> Verdict<(c_int, SocketAddr)> {
                         let _ = sys::set_flags(fd, fl ^ libc::O_NONBLOCK);
                     }
                     let peer = peer_in_family(peer, bind.v6);
-                    bind.accepted = Some(nonblocking);
+                    bind.taken = Taken::Yes { nonblocking };
                     registry.insert(new, SocketState::Accepted { peer, local: bind.local });
-                    debug!("accept on the BIND socket for {}: connection from {peer} on fd {new}", bind.conn);
+                    debug!("accept on the BIND socket for {}: connection from {peer} on fd {new}", bind.primary);
                     Verdict::Done((new, peer))
                 }
                 Err(e) => Verdict::Fail(e),
             }
         }
         SecondReply::Failed(e) => {
-            bind.accepted = Some(nonblocking);
+            bind.taken = Taken::Yes { nonblocking };
             Verdict::Fail(e)
         }
     };

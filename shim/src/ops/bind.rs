@@ -13,6 +13,7 @@ use std::ffi::c_int;
 use std::net::{IpAddr, SocketAddr};
 
 use super::Verdict;
+use super::accept::Taken;
 use super::proxy::{self, Ask, Path};
 use crate::config::{self, Config};
 use crate::dns_pool;
@@ -63,7 +64,7 @@ pub fn bind(fd: c_int, addr: SocketAddr) -> Verdict<c_int> {
     match plan_bind(fd, &addr, |ip| registry.connection_with_local_ip(ip)) {
         BindPlan::Pass => Verdict::Pass,
         BindPlan::Fake(conn) => {
-            registry.insert(fd, SocketState::FakeBound { addr, conn });
+            registry.insert(fd, SocketState::FakeBound { addr, primary: conn });
             Verdict::Done(0)
         }
         BindPlan::AnyPort => match sys::bind(fd, &addr) {
@@ -116,7 +117,7 @@ pub fn listen(fd: c_int) -> Verdict<c_int> {
     let (conn, v6) = match registry.get(fd) {
         // The BIND was already made by getsockname.
         Some(SocketState::Bind(_)) => return Verdict::Done(0),
-        Some(SocketState::FakeBound { addr, conn }) => (conn, addr.is_ipv6()),
+        Some(SocketState::FakeBound { addr, primary: conn }) => (conn, addr.is_ipv6()),
         Some(SocketState::BoundAnyPort { addr }) => {
             match plan_listen(config, fd, Some(addr), registry.latest_connection()) {
                 Some(plan) => plan,
@@ -147,10 +148,10 @@ pub fn request_bind(fd: c_int, config: &Config, conn: Conn, v6: bool) -> Result<
     registry::global().insert(
         fd,
         SocketState::Bind(Box::new(BindState {
-            conn,
+            primary: conn,
             local,
             second: socks::ReplyProgress::default(),
-            accepted: None,
+            taken: Taken::No,
             v6,
         })),
     );

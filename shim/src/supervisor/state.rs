@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::ops::accept::Taken;
 use crate::route::Conn;
 use crate::socks::ReplyProgress;
 use crate::sys::Errno;
@@ -38,15 +39,17 @@ impl Flight {
 /// A BIND socket: the first reply is in, the second may be coming.
 #[derive(Debug, Clone)]
 pub struct Bind {
-    /// The connection the BIND request was for.
-    pub conn: Conn,
+    /// The primary connection (the one to the application server) the BIND request was for.
+    pub primary: Conn,
     /// The first reply's address, in the socket's family (getsockname).
     pub local: SocketAddr,
     pub second: ReplyProgress,
     /// A complete, granted second reply not yet handed to the program (its accept was interrupted).
     pub granted: Option<SocketAddr>,
-    /// Once accepted: whether the socket was non-blocking then, and the peer (getpeername).
-    pub accepted: Option<(bool, SocketAddr)>,
+    /// Whether accept has taken the one connection yet.
+    pub taken: Taken,
+    /// The peer of the connection taken (getpeername); 0.0.0.0 when the second reply failed.
+    pub peer: Option<SocketAddr>,
     pub v6: bool,
 }
 
@@ -70,7 +73,7 @@ pub enum Sock {
     /// bind() to the proxy-side address of a proxied connection: recorded, not done.
     FakeBound {
         addr: SocketAddr,
-        conn: Conn,
+        primary: Conn,
     },
     /// A BIND request is being made.
     Binding(Arc<Flight>),
