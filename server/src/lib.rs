@@ -18,8 +18,10 @@ pub mod session;
 #[cfg(target_os = "linux")]
 mod splice;
 pub mod systemd;
+pub mod udp;
+pub mod users;
 mod workers;
 
-pub use config::{Config, ConfigError, External};
+pub use config::{Config, ConfigError, External, Protocols};
 pub use rules::{Decision, Query, Rules, evaluate};
 pub use server::{Server, run_daemon};
