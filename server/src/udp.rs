@@ -124,6 +124,13 @@ enum Ready {
     Outside(bool),
 }
 
+/// Sends one datagram if the kernel takes it now; never waits. (tokio's
+/// `try_send_to` says WouldBlock until the reactor has seen the socket
+/// writable once, which a fresh socket has not.)
+fn send_now(socket: &UdpSocket, datagram: &[u8], to: SocketAddr) -> io::Result<usize> {
+    socket2::SockRef::from(socket).send_to(datagram, &to.into())
+}
+
 async fn readable(socket: Option<&UdpSocket>) -> io::Result<()> {
     match socket {
         Some(s) => s.readable().await,
@@ -200,7 +207,7 @@ impl Relay<'_> {
         let Some(socket) = self.outside(to.ip()) else {
             return Self::drop_datagram(rec, "no socket toward the destination");
         };
-        match socket.try_send_to(payload, to) {
+        match send_now(socket, payload, to) {
             Ok(_) => {
                 if self.peers.len() >= MAX_PEERS {
                     self.peers.clear();
@@ -271,7 +278,7 @@ impl Relay<'_> {
         UdpHeader::new(Address::from(from)).encode(&mut head);
         let start = RESERVE - head.len();
         buf[start..RESERVE].copy_from_slice(&head);
-        match self.inside.try_send_to(&buf[start..RESERVE + n], SocketAddr::new(self.client_ip, port)) {
+        match send_now(&self.inside, &buf[start..RESERVE + n], SocketAddr::new(self.client_ip, port)) {
             Ok(_) => {
                 rec.traffic.down += n as u64;
                 if let Some(c) = &mut rec.udp {
