@@ -140,7 +140,9 @@ async fn readable(socket: Option<&UdpSocket>) -> io::Result<()> {
 
 impl Relay<'_> {
     async fn run(&mut self, client: &mut TcpStream, rec: &mut Record) {
-        let mut buf = vec![0u8; RESERVE + MAX_DATAGRAM];
+        // Made when the first datagram comes: an association that never
+        // sends one costs two sockets and no buffer.
+        let mut buf = Vec::new();
         let mut control = [0u8; 256];
         loop {
             let ready = tokio::select! {
@@ -149,6 +151,9 @@ impl Relay<'_> {
                 Ok(()) = readable(self.outside_v4.as_ref()) => Ready::Outside(true),
                 Ok(()) = readable(self.outside_v6.as_ref()) => Ready::Outside(false),
             };
+            if matches!(ready, Ready::Inside | Ready::Outside(_)) && buf.is_empty() {
+                buf = vec![0u8; RESERVE + MAX_DATAGRAM];
+            }
             match ready {
                 // The association lives as long as its control connection,
                 // which carries nothing more: what comes on it is dropped.
