@@ -15,6 +15,10 @@ use crate::config::ConfigError;
 const MAX_FILE_BYTES: u64 = 64 << 20;
 /// bcrypt's cost when the file has no user to copy it from (htpasswd -B's default).
 const DEFAULT_COST: u32 = 5;
+/// The highest cost accepted (htpasswd's own limit): each step doubles the
+/// time of a check, and cost 31 would take hours per login (and at load,
+/// for the dummy hash).
+const MAX_COST: u32 = 17;
 /// Fixed, so that loading the same file twice gives an equal value (the dummy
 /// hash protects timing, not a secret).
 const DUMMY_SALT: [u8; 16] = *b"socks4d-no-user!";
@@ -91,6 +95,9 @@ impl Users {
                     "user {name:?}: not a bcrypt hash (`$2y$`, as `htpasswd -B` writes; other schemes are refused)"
                 ))
             })?;
+            if cost > MAX_COST {
+                return Err(bad(format!("user {name:?}: bcrypt cost {cost} is above {MAX_COST} (htpasswd's limit)")));
+            }
             if hashes.insert(name.as_bytes().to_vec(), hash.to_string()).is_some() {
                 return Err(bad(format!("user {name:?} appears twice")));
             }
@@ -186,6 +193,7 @@ mod tests {
         assert_eq!(line_of(&format!("{FRED}\n{FRED}\n")), 2);
         assert_eq!(line_of(":$2y$05$0cURcgVZ4lxAQ450..dGAeCZDnIKrJDHZroKJFVzmjSMIUYm/vVOS\n"), 1);
         assert_eq!(line_of("fred:$2y$05$short\n"), 1);
+        assert_eq!(line_of("fred:$2y$31$0cURcgVZ4lxAQ450..dGAeCZDnIKrJDHZroKJFVzmjSMIUYm/vVOS\n"), 1);
         assert_eq!(line_of("fred:$2y$99$0cURcgVZ4lxAQ450..dGAeCZDnIKrJDHZroKJFVzmjSMIUYm/vVOS\n"), 1);
     }
 
