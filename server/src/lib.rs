@@ -9,6 +9,8 @@ pub mod cli;
 pub mod config;
 pub mod ident;
 mod memory;
+pub mod metrics;
+pub mod metrics_http;
 pub mod net;
 pub mod privileges;
 pub mod relay;
