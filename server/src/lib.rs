@@ -4,6 +4,7 @@
 //! [`run_daemon`] adds what the binary needs (stdout `listening` lines,
 //! SIGHUP reload, SIGTERM/SIGINT drain).
 
+pub mod balancer;
 mod busy_poll;
 pub mod cli;
 pub mod config;
