@@ -1,7 +1,8 @@
 //! One client session: read the request, decide, IDENT, then CONNECT or
 //! BIND, relay, and log one line about it at the end.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socks4_proto::host;
@@ -10,9 +11,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use crate::balancer::{self, Client, PerClient};
 use crate::busy_poll;
 use crate::config::Config;
-use crate::ident;
+use crate::ident::{self, IdentError};
+use crate::metrics::{self, IdentOutcome, Metrics, ProxyOutcome, Refusal, ResolveOutcome, RuleHits, RuleOutcome};
 use crate::net;
 use crate::relay::{self, Traffic};
 use crate::rules::{self, Action, Decision, IdentMode, Query};
@@ -22,12 +25,29 @@ use crate::rules::{self, Action, Decision, IdentMode, Query};
 /// destroy the reply in flight.
 const LINGER: Duration = Duration::from_millis(500);
 const LINGER_BYTES: usize = 64 * 1024;
+/// The handshake time a client over `max_sessions_per_client` gets to say
+/// what it wants before it is refused: it holds a place in
+/// `max_connections` meanwhile.
+const OVER_LIMIT_HANDSHAKE: Duration = Duration::from_secs(2);
+
+/// What a session knows of the server around it.
+#[derive(Clone, Copy)]
+pub struct Context<'a> {
+    /// The configuration at accept time (a reload does not change a live session).
+    pub config: &'a Config,
+    /// The counters and this configuration's rule counters; `None`: metrics off.
+    pub metrics: Option<(&'a Metrics, &'a RuleHits)>,
+    /// Live sessions per client address, for `max_sessions_per_client`.
+    pub per_client: &'a Arc<PerClient>,
+}
 
 /// What the session log line reports. The line is written when the record
 /// is dropped, so a session cut short (server stopping) still gets its line.
-#[derive(Debug)]
-struct Record {
+struct Record<'a> {
+    /// The client: the real one when a load balancer's PROXY header named it.
     peer: SocketAddr,
+    /// The load balancer that relayed the client, if one did.
+    via: Option<SocketAddr>,
     start: Instant,
     user: String,
     command: Option<Command>,
@@ -40,28 +60,76 @@ struct Record {
     /// Why the session ended, when it was not a clean relay.
     reason: String,
     finished: bool,
+    /// When the first reply was sent (the handshake's end).
+    replied: Option<Duration>,
+    rule_outcome: RuleOutcome,
+    ident: Option<IdentOutcome>,
+    resolve: Option<ResolveOutcome>,
+    /// A load balancer's health check (a PROXY v2 LOCAL header, then
+    /// nothing): logged at debug level only, and not counted as a session.
+    health_check: bool,
+    metrics: Option<(&'a Metrics, &'a RuleHits)>,
 }
 
-impl Record {
+impl Record<'_> {
+    /// Notes a reply about to be sent: the last reply code, and for the
+    /// first one, the handshake's end.
+    fn note_reply(&mut self, code: ReplyCode) {
+        self.reply = Some(code);
+        self.replied.get_or_insert_with(|| self.start.elapsed());
+    }
+
     /// Notes the deciding rule, with its name if it has one.
     fn set_rule(&mut self, rule: Option<usize>, config: &Config) {
         self.rule = rule;
+        self.rule_outcome = rule.map_or(RuleOutcome::NoMatch, RuleOutcome::Rule);
         self.rule_name = rule.and_then(|i| config.rules.rules[i].name.clone());
     }
 }
 
-impl Drop for Record {
+impl Drop for Record<'_> {
     fn drop(&mut self) {
         if !self.finished && self.reason.is_empty() {
             self.reason = "cut: server stopping".into();
+        }
+        let health_check = self.health_check && self.command.is_none() && self.reply.is_none();
+        if let Some((metrics, rule_hits)) = self.metrics
+            && !health_check
+        {
+            let end = metrics::SessionEnd {
+                protocol: if self.command.is_some() || self.reply.is_some() {
+                    metrics::Protocol::Socks4
+                } else {
+                    metrics::Protocol::Unknown
+                },
+                command: match self.command {
+                    None => metrics::Command::None,
+                    Some(Command::Connect) => metrics::Command::Connect,
+                    Some(Command::Bind) => metrics::Command::Bind,
+                },
+                reply: self.reply.map(|c| c as u8),
+                bytes_up: self.traffic.up,
+                bytes_down: self.traffic.down,
+                handshake: self.replied,
+                rule: self.rule_outcome,
+                ident: self.ident,
+                resolve: self.resolve,
+            };
+            metrics.session_end(&end, rule_hits);
+        }
+        if health_check {
+            tracing::debug!(balancer = %self.peer, "health check (PROXY v2 LOCAL)");
+            return;
         }
         let rule = match (self.rule, &self.rule_name) {
             (Some(i), Some(name)) => format!("{i}:{name}"),
             (Some(i), None) => i.to_string(),
             (None, _) => "-".to_string(),
         };
+        let via = self.via.map_or_else(|| "-".to_string(), |a| a.to_string());
         tracing::info!(
             peer = %self.peer,
+            via = %via,
             user = ?self.user,
             command = %self.command.map_or("-", Command::name),
             dest = %self.dest.as_deref().unwrap_or("-"),
@@ -76,12 +144,14 @@ impl Drop for Record {
     }
 }
 
-/// Serves one accepted client to the end. `local` is the address the
-/// client reached; `config` is the configuration at accept time (a reload
-/// does not change a live session).
-pub async fn serve(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, config: &Config) {
+/// Serves one accepted client to the end. `peer` and `local` are the
+/// connection's endpoints (the client's, or the load balancer's when `peer`
+/// is in `proxy_protocol_from`).
+pub async fn serve(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, cx: Context<'_>) {
+    let config = cx.config;
     let mut rec = Record {
         peer,
+        via: None,
         start: Instant::now(),
         user: String::new(),
         command: None,
@@ -92,15 +162,80 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, c
         traffic: Traffic::default(),
         reason: String::new(),
         finished: false,
+        replied: None,
+        rule_outcome: RuleOutcome::NotEvaluated,
+        ident: None,
+        resolve: None,
+        health_check: false,
+        metrics: cx.metrics,
     };
-    handle(&mut client, peer, local, config, &mut rec).await;
+    let deadline = tokio::time::Instant::from_std(rec.start) + config.handshake_timeout;
+    let who = if balancer::is_trusted(&config.proxy_protocol_from, peer) {
+        balancer::read_header(&mut client, peer, local, deadline).await
+    } else {
+        Ok(Client::direct(peer, local))
+    };
+    let who = match who {
+        Ok(who) => who,
+        Err(refused) => {
+            if let Some((m, _)) = cx.metrics {
+                m.proxy_header(refused.outcome());
+            }
+            tracing::warn!(balancer = %peer, reason = %refused, "PROXY protocol: connection refused");
+            rec.reason = refused.to_string();
+            rec.finished = true;
+            return;
+        }
+    };
+    if let (Some((m, _)), Some(outcome)) = (cx.metrics, who.header) {
+        m.proxy_header(outcome);
+    }
+    rec.peer = who.peer;
+    rec.via = who.via;
+    rec.health_check = who.is_health_check();
+    // Held to the session's end: its place among the client's sessions.
+    let mut over_limit = None;
+    let _slot = match config.max_sessions_per_client {
+        Some(max) => match cx.per_client.acquire(who.peer.ip(), max) {
+            Some(slot) => Some(slot),
+            None => {
+                if let Some((m, _)) = cx.metrics {
+                    m.refused(Refusal::MaxSessionsPerClient);
+                }
+                tracing::warn!(peer = %who.peer, max, "max_sessions_per_client reached: refused");
+                over_limit = Some(max);
+                None
+            }
+        },
+        None => None,
+    };
+    handle(&mut client, &who, local, config, over_limit, &mut rec).await;
     rec.finished = true;
 }
 
 /// The steps of a session, each of which may end it: read the request, find the destination
-/// addresses, let the rules decide, check IDENT, then carry out the command.
-async fn handle(client: &mut TcpStream, peer: SocketAddr, local: SocketAddr, config: &Config, rec: &mut Record) {
-    let Some((request, leftover)) = receive(client, config, rec).await else { return };
+/// addresses, let the rules decide, check IDENT, then carry out the command. A client over
+/// `max_sessions_per_client` (`over_limit`) is refused once its request is in.
+async fn handle(
+    client: &mut TcpStream,
+    who: &Client,
+    local: SocketAddr,
+    config: &Config,
+    over_limit: Option<usize>,
+    rec: &mut Record<'_>,
+) {
+    let limit = if over_limit.is_some() {
+        config.handshake_timeout.min(OVER_LIMIT_HANDSHAKE)
+    } else {
+        config.handshake_timeout
+    };
+    let deadline = tokio::time::Instant::from_std(rec.start) + limit;
+    let Some((request, leftover)) = receive(client, deadline, who.buffered.clone(), rec).await else { return };
+    if let Some(max) = over_limit {
+        rec.reason = format!("max_sessions_per_client: this client has {max} live sessions");
+        return refuse(client, rec, ReplyCode::Rejected).await;
+    }
+    let peer = who.peer;
     let query = |name, ip| Query {
         client: peer.ip(),
         command: request.command,
@@ -109,7 +244,7 @@ async fn handle(client: &mut TcpStream, peer: SocketAddr, local: SocketAddr, con
         ip,
         user: &request.user_id,
     };
-    let (name, addrs) = match destination_addresses(&request, &query, config).await {
+    let (name, addrs) = match destination_addresses(&request, &query, config, &mut rec.resolve).await {
         Ok(found) => found,
         Err(reason) => {
             rec.reason = reason;
@@ -126,7 +261,7 @@ async fn handle(client: &mut TcpStream, peer: SocketAddr, local: SocketAddr, con
             }
         };
     rec.set_rule(decision.rule, config);
-    if let Some(code) = check_ident(&decision, peer, local, &request.user_id, config, rec).await {
+    if let Some(code) = check_ident(&decision, who, local, &request.user_id, config, rec).await {
         return refuse(client, rec, code).await;
     }
     match request.command {
@@ -135,10 +270,16 @@ async fn handle(client: &mut TcpStream, peer: SocketAddr, local: SocketAddr, con
     }
 }
 
-/// Reads the request within `handshake_timeout` and notes it in the log record; `None` when the
-/// session is over (refused, or closed without a reply).
-async fn receive(client: &mut TcpStream, config: &Config, rec: &mut Record) -> Option<(Request, Vec<u8>)> {
-    let (mut request, leftover) = match timeout(config.handshake_timeout, read_request(client)).await {
+/// Reads the request by `deadline` (after `buffered`, bytes that came with a PROXY header) and
+/// notes it in the log record; `None` when the session is over (refused, or closed without a
+/// reply).
+async fn receive(
+    client: &mut TcpStream,
+    deadline: tokio::time::Instant,
+    buffered: Vec<u8>,
+    rec: &mut Record<'_>,
+) -> Option<(Request, Vec<u8>)> {
+    let (mut request, leftover) = match tokio::time::timeout_at(deadline, read_request(client, buffered)).await {
         Err(_) => {
             rec.reason = "handshake timeout".into();
             return None;
@@ -147,12 +288,22 @@ async fn receive(client: &mut TcpStream, config: &Config, rec: &mut Record) -> O
             rec.reason = "closed before the request ended".into();
             return None;
         }
-        Ok(Err(ReadError::Protocol(ProtocolError::BadVersion(v)))) => {
+        Ok(Err(ReadError::Protocol(ProtocolError::BadVersion(v), first))) => {
             // Not a SOCKS4 client: it could not read a SOCKS4 reply anyway.
-            rec.reason = format!("request version {v}: closed without reply");
+            rec.reason = if balancer::looks_like_header(&first) {
+                // A PROXY header from a source not in proxy_protocol_from: a spoofing
+                // attempt, or a balancer missing from the list.
+                if let Some((m, _)) = rec.metrics {
+                    m.proxy_header(ProxyOutcome::Untrusted);
+                }
+                tracing::warn!(peer = %rec.peer, "PROXY protocol header from a source not in proxy_protocol_from: refused");
+                "PROXY protocol header from an untrusted source: closed without reply".into()
+            } else {
+                format!("request version {v}: closed without reply")
+            };
             return None;
         }
-        Ok(Err(ReadError::Protocol(e))) => {
+        Ok(Err(ReadError::Protocol(e, _))) => {
             rec.reason = e.to_string();
             refuse(client, rec, ReplyCode::Rejected).await;
             return None;
@@ -178,6 +329,7 @@ async fn destination_addresses<'r>(
     request: &'r Request,
     query: &impl Fn(Option<&'r str>, Option<Ipv4Addr>) -> Query<'r>,
     config: &Config,
+    resolved: &mut Option<ResolveOutcome>,
 ) -> Result<(Option<&'r str>, Vec<Ipv4Addr>), String> {
     if request.command == Command::Connect && request.port == 0 {
         // Nothing can listen on port 0: refused before any rule, lookup or
@@ -188,11 +340,17 @@ async fn destination_addresses<'r>(
     let (name, addrs) = match &request.destination {
         Destination::Ip(ip) => (None, vec![*ip]),
         Destination::Name(name) if !rules::may_allow(&config.rules, &query(Some(name.as_str()), None)) => {
+            *resolved = Some(ResolveOutcome::Skipped);
             return Err("refused by rules (name not looked up)".into());
         }
         Destination::Name(name) => {
-            let addrs = resolve(name, config.resolve_timeout).await.map_err(|e| format!("cannot resolve: {e}"))?;
-            (Some(name.as_str()), addrs)
+            let found = resolve(name, config.resolve_timeout).await;
+            *resolved = Some(match &found {
+                Ok(_) => ResolveOutcome::Ok,
+                Err(e) if e == RESOLVE_TIMED_OUT => ResolveOutcome::Timeout,
+                Err(_) => ResolveOutcome::Failed,
+            });
+            (Some(name.as_str()), found.map_err(|e| format!("cannot resolve: {e}"))?)
         }
     };
     if addrs.iter().all(|ip| ip.is_unspecified()) && request.command == Command::Connect {
@@ -230,20 +388,22 @@ fn allowed_addresses(
 
 enum ReadError {
     Closed,
-    Protocol(ProtocolError),
+    /// With the bytes received (for a log that tells what they were).
+    Protocol(ProtocolError, Vec<u8>),
 }
 
-/// Reads exactly one request; returns it and any bytes the client sent
-/// after it (a client may pipeline data before the reply).
-async fn read_request(client: &mut TcpStream) -> Result<(Request, Vec<u8>), ReadError> {
+/// Reads exactly one request, after `buf` (bytes already received); returns
+/// it and any bytes the client sent after it (a client may pipeline data
+/// before the reply).
+async fn read_request(client: &mut TcpStream, mut buf: Vec<u8>) -> Result<(Request, Vec<u8>), ReadError> {
     let limits = Limits::default();
-    let mut buf = Vec::with_capacity(64);
+    buf.reserve(64);
     let mut chunk = [0u8; 512];
     loop {
         match Request::decode_with(&buf, &limits) {
             Ok(Some((request, used))) => return Ok((request, buf.split_off(used))),
             Ok(None) => {}
-            Err(e) => return Err(ReadError::Protocol(e)),
+            Err(e) => return Err(ReadError::Protocol(e, buf)),
         }
         let n = client.read(&mut chunk).await.map_err(|_| ReadError::Closed)?;
         if n == 0 {
@@ -253,11 +413,14 @@ async fn read_request(client: &mut TcpStream) -> Result<(Request, Vec<u8>), Read
     }
 }
 
+/// The error text of a lookup that ran out of `resolve_timeout`.
+const RESOLVE_TIMED_OUT: &str = "timed out";
+
 /// IPv4 addresses of a SOCKS4A name (SOCKS4 cannot carry others).
 async fn resolve(name: &str, limit: Duration) -> Result<Vec<Ipv4Addr>, String> {
     let found = timeout(limit, tokio::net::lookup_host((name, 0)))
         .await
-        .map_err(|_| "timed out".to_string())?
+        .map_err(|_| RESOLVE_TIMED_OUT.to_string())?
         .map_err(|e| e.to_string())?;
     let mut addrs = Vec::new();
     for addr in found {
@@ -274,18 +437,37 @@ async fn resolve(name: &str, limit: Duration) -> Result<Vec<Ipv4Addr>, String> {
 }
 
 /// Runs the IDENT check the matching rule asks for; `Some(code)` refuses.
+///
+/// identd is asked about the client's own connection: from the client's port to the port it
+/// reached. Behind a load balancer that is the balancer's frontend port, and our query leaves
+/// from whatever address routes to the client (the address the client reached is the
+/// balancer's, not ours).
 async fn check_ident(
     decision: &Decision,
-    peer: SocketAddr,
+    who: &Client,
     local: SocketAddr,
     user_id: &[u8],
     config: &Config,
-    rec: &mut Record,
+    rec: &mut Record<'_>,
 ) -> Option<ReplyCode> {
     if decision.ident == IdentMode::Off {
         return None;
     }
-    match ident::lookup(local.ip(), peer, local.port(), config.ident_port, config.ident_timeout).await {
+    let from = match (who.via, who.peer.ip()) {
+        (None, _) => local.ip(),
+        (Some(_), IpAddr::V4(_)) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        (Some(_), IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let answer = ident::lookup(from, who.peer, who.reached.port(), config.ident_port, config.ident_timeout).await;
+    rec.ident = Some(match &answer {
+        Ok(id) if decision.ident == IdentMode::Match && id != user_id => IdentOutcome::Mismatch,
+        Ok(_) => IdentOutcome::Ok,
+        Err(IdentError::Unreachable(_)) => IdentOutcome::Unreachable,
+        Err(IdentError::Timeout) => IdentOutcome::Timeout,
+        Err(IdentError::Error(_)) => IdentOutcome::Error,
+        Err(_) => IdentOutcome::Malformed,
+    });
+    match answer {
         Err(e) => {
             rec.reason = format!("ident: {e}");
             Some(ReplyCode::IdentUnreachable)
@@ -304,7 +486,7 @@ async fn connect(
     port: u16,
     leftover: &[u8],
     config: &Config,
-    rec: &mut Record,
+    rec: &mut Record<'_>,
 ) {
     // One time limit for all addresses of a name together.
     let attempt = async {
@@ -335,7 +517,7 @@ async fn connect(
         Ok(SocketAddr::V4(a)) => a,
         _ => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
     };
-    rec.reply = Some(ReplyCode::Granted);
+    rec.note_reply(ReplyCode::Granted);
     if client.write_all(&Reply::new(ReplyCode::Granted, outgoing).to_bytes()).await.is_err() {
         return rec.reason = "client gone before the reply".into();
     }
@@ -350,7 +532,7 @@ async fn bind(
     addrs: &[Ipv4Addr],
     leftover: &[u8],
     config: &Config,
-    rec: &mut Record,
+    rec: &mut Record<'_>,
 ) {
     let listener = match bind_listener(local, addrs[0], config) {
         Ok(l) => l,
@@ -359,11 +541,13 @@ async fn bind(
             return refuse(client, rec, ReplyCode::Rejected).await;
         }
     };
-    let bound = match listener.local_addr() {
+    // What the application server is told to connect to: the listener, or the address in
+    // front of it (`advertise`: a NAT, a load balancer).
+    let bound = match listener.local_addr().map(|a| config.advertise.reply_address(a)) {
         Ok(SocketAddr::V4(a)) => a,
         _ => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
     };
-    rec.reply = Some(ReplyCode::Granted);
+    rec.note_reply(ReplyCode::Granted);
     if client.write_all(&Reply::new(ReplyCode::Granted, bound).to_bytes()).await.is_err() {
         return rec.reason = "client gone before the first reply".into();
     }
@@ -382,6 +566,7 @@ async fn bind(
         return refuse(client, rec, ReplyCode::Rejected).await;
     }
     let _ = peer_stream.set_nodelay(true);
+    rec.note_reply(ReplyCode::Granted);
     if client.write_all(&Reply::new(ReplyCode::Granted, from).to_bytes()).await.is_err() {
         return rec.reason = "client gone before the second reply".into();
     }
@@ -447,7 +632,7 @@ async fn client_gone(client: &TcpStream) {
     }
 }
 
-async fn relay_with(client: &mut TcpStream, dest: &mut TcpStream, leftover: &[u8], rec: &mut Record) {
+async fn relay_with(client: &mut TcpStream, dest: &mut TcpStream, leftover: &[u8], rec: &mut Record<'_>) {
     if !leftover.is_empty() {
         if let Err(e) = dest.write_all(leftover).await {
             return rec.reason = format!("relay: {e}");
@@ -462,8 +647,8 @@ async fn relay_with(client: &mut TcpStream, dest: &mut TcpStream, leftover: &[u8
 /// Sends a refusal and closes: our side shuts down at once (the client
 /// sees the reply and EOF), then we read what the client may still send,
 /// briefly, so the close does not reset the connection under the reply.
-async fn refuse(client: &mut TcpStream, rec: &mut Record, code: ReplyCode) {
-    rec.reply = Some(code);
+async fn refuse(client: &mut TcpStream, rec: &mut Record<'_>, code: ReplyCode) {
+    rec.note_reply(code);
     if client.write_all(&Reply::code_only(code).to_bytes()).await.is_err() {
         return;
     }
