@@ -1,0 +1,471 @@
+//! socks4d in production, in-process on loopback: `/metrics` scraped over
+//! HTTP before and after known traffic (the counters move by exactly what
+//! was sent), the endpoint's bounds, the PROXY protocol from trusted and
+//! untrusted sources (spoofing refused either way, malformed headers
+//! refused, the real client used by the rules and IDENT), `advertise` in
+//! BIND replies, and `max_sessions_per_client`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use common::*;
+use socks4_proto::proxy::{Endpoints, Header, Transport};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// The in-process server with `/metrics` on 127.0.0.1:0.
+async fn start_with_metrics(toml: &str) -> (socks4_server::Server, SocketAddr, SocketAddr) {
+    let (server, proxy) = start(&format!("metrics = \"127.0.0.1:0\"\n{toml}")).await;
+    let metrics = server.metrics_addr().expect("metrics listener");
+    (server, proxy, metrics)
+}
+
+/// One HTTP exchange: sends `request`, returns the whole answer (the server closes).
+async fn http(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer))
+        .await
+        .expect("answer in time")
+        .expect("answer");
+    String::from_utf8(answer).unwrap()
+}
+
+/// Scrapes `/metrics`: every sample line `name{labels} value`, by series.
+async fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
+    let answer = http(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let (head, body) = answer.split_once("\r\n\r\n").expect("head and body");
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
+    assert!(head.contains(&format!("Content-Length: {}\r\n", body.len())), "{head}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            (series.to_string(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// How much `series` moved between two scrapes (absent = 0).
+fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, series: &str) -> f64 {
+    after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0)
+}
+
+/// Scrapes until no session is live (their counts are added when they end), within 5 s.
+async fn scrape_settled(addr: SocketAddr) -> HashMap<String, f64> {
+    let start = Instant::now();
+    loop {
+        let m = scrape(addr).await;
+        if m["socks4d_sessions_live"] == 0.0 {
+            return m;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "sessions still live: {m:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn sessions(protocol: &str, command: &str, reply: &str) -> String {
+    format!("socks4d_sessions_total{{protocol=\"{protocol}\",command=\"{command}\",reply=\"{reply}\"}}")
+}
+
+const RULES: &str = r#"
+connect_timeout = "1s"
+handshake_timeout = "1s"
+resolve_timeout = "2s"
+[[rule]]
+name = "no-closed"
+action = "deny"
+to = ["127.0.0.9"]
+[[rule]]
+name = "lo"
+action = "allow"
+from = ["127.0.0.0/8"]
+"#;
+
+/// Every kind of session moves its counters by exactly one, the bytes by
+/// exactly what crossed, and nothing else moves.
+#[tokio::test]
+async fn metrics_count_exactly_what_was_sent() {
+    let (_server, proxy, metrics) = start_with_metrics(RULES).await;
+    let before = scrape_settled(metrics).await;
+    let (dest, _seen) = echo_server(Ipv4Addr::LOCALHOST).await;
+
+    // Three relays: 10 bytes up and echoed back each.
+    for _ in 0..3 {
+        let mut c = send(proxy, &request(1, dest, b"", None)).await;
+        assert_eq!(read_reply(&mut c).await[1], 90);
+        c.write_all(b"0123456789").await.unwrap();
+        assert_eq!(read_n(&mut c, 10).await, b"0123456789");
+    }
+    // A refusal by the deny rule, an unresolvable SOCKS4A name (no rule can
+    // refuse it before the lookup), and a non-SOCKS client.
+    let mut c = send(proxy, &request(1, SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 9), 80), b"", None)).await;
+    assert_eq!(read_reply(&mut c).await, REJECTED);
+    let name = request(1, SocketAddrV4::new(Ipv4Addr::new(0, 0, 0, 1), 80), b"", Some("no-such-host.invalid"));
+    let mut c = send(proxy, &name).await;
+    assert_eq!(read_reply(&mut c).await, REJECTED);
+    let mut c = send(proxy, b"GET / HTTP/1.0\r\n\r\n").await;
+    expect_closed(&mut c).await;
+
+    let after = scrape_settled(metrics).await;
+    let d = |series: &str| delta(&before, &after, series);
+    assert_eq!(d(&sessions("socks4", "connect", "90")), 3.0);
+    assert_eq!(d(&sessions("socks4", "connect", "91")), 2.0);
+    assert_eq!(d(&sessions("none", "none", "none")), 1.0);
+    assert_eq!(d("socks4d_relayed_bytes_total{direction=\"up\"}"), 30.0);
+    assert_eq!(d("socks4d_relayed_bytes_total{direction=\"down\"}"), 30.0);
+    // Five replies sent, each one handshake.
+    assert_eq!(d("socks4d_handshake_seconds_count"), 5.0);
+    assert_eq!(d("socks4d_handshake_seconds_bucket{le=\"+Inf\"}"), 5.0);
+    assert!(d("socks4d_handshake_seconds_sum") > 0.0);
+    assert_eq!(d("socks4d_rule_hits_total{rule=\"lo\",action=\"allow\"}"), 3.0);
+    assert_eq!(d("socks4d_rule_hits_total{rule=\"no-closed\",action=\"deny\"}"), 1.0);
+    assert_eq!(d("socks4d_rule_misses_total"), 0.0);
+    assert_eq!(d("socks4d_name_lookups_total{result=\"failed\"}"), 1.0);
+    assert_eq!(d("socks4d_name_lookups_total{result=\"ok\"}"), 0.0);
+    // Nothing else moved.
+    let moved: Vec<_> = after
+        .keys()
+        .filter(|k| d(k) != 0.0)
+        .filter(|k| !k.starts_with("socks4d_handshake_seconds_bucket"))
+        .cloned()
+        .collect();
+    assert_eq!(moved.len(), 10, "{moved:#?}");
+    assert_eq!(after["socks4d_sessions_live"], 0.0);
+}
+
+/// The live gauge counts sessions while they run.
+#[tokio::test]
+async fn live_sessions_gauge() {
+    let (_server, proxy, metrics) = start_with_metrics(RULES).await;
+    let (dest, _seen) = echo_server(Ipv4Addr::LOCALHOST).await;
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let mut c = send(proxy, &request(1, dest, b"", None)).await;
+        assert_eq!(read_reply(&mut c).await[1], 90);
+        open.push(c);
+    }
+    assert_eq!(scrape(metrics).await["socks4d_sessions_live"], 4.0);
+    drop(open);
+    assert_eq!(scrape_settled(metrics).await["socks4d_sessions_live"], 0.0);
+}
+
+#[tokio::test]
+async fn metrics_are_off_by_default() {
+    let (server, _proxy) = start(RULES).await;
+    assert!(server.metrics_addr().is_none() && server.metrics().is_none());
+}
+
+/// Only GET/HEAD /metrics; bounded heads; a silent scraper is answered 408
+/// after 5 s, and sessions are served meanwhile.
+#[tokio::test]
+async fn metrics_endpoint_is_bounded() {
+    let (_server, proxy, metrics) = start_with_metrics(RULES).await;
+    assert!(http(metrics, b"GET / HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 404 "));
+    let post = http(metrics, b"POST /metrics HTTP/1.1\r\n\r\n").await;
+    assert!(post.starts_with("HTTP/1.1 405 ") && post.contains("Allow: GET, HEAD\r\n"), "{post}");
+    assert!(http(metrics, b"\x04\x01\x00\x50\x7f\0\0\x01\0\r\n\r\n").await.starts_with("HTTP/1.1 400 "));
+    let head = http(metrics, b"HEAD /metrics HTTP/1.0\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && head.ends_with("\r\n\r\n"), "{head}");
+    let mut big = b"GET /metrics HTTP/1.1\r\n".to_vec();
+    big.extend(std::iter::repeat_n(b'x', 9000));
+    assert!(http(metrics, &big).await.starts_with("HTTP/1.1 431 "));
+
+    let silent_since = Instant::now();
+    let silent = tokio::spawn(async move { http(metrics, b"GET /metr").await });
+    let (dest, _seen) = echo_server(Ipv4Addr::LOCALHOST).await;
+    let mut c = send(proxy, &request(1, dest, b"", None)).await;
+    assert_eq!(read_reply(&mut c).await[1], 90);
+    let answer = silent.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    let waited = silent_since.elapsed();
+    assert!(waited >= Duration::from_secs(4) && waited < Duration::from_secs(8), "{waited:?}");
+}
+
+/// A SOCKS client connecting from `source` (a loopback address).
+async fn connect_from(source: Ipv4Addr, proxy: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((source, 0))).unwrap();
+    socket.connect(proxy).await.unwrap()
+}
+
+fn v2_header(client: &str, reached: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let e = Endpoints::new(client.parse().unwrap(), reached.parse().unwrap()).unwrap();
+    Header::V2Proxy(Transport::Stream(e)).encode(&mut out);
+    out
+}
+
+fn v1_header(client: &str, reached: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    Header::V1(Endpoints::new(client.parse().unwrap(), reached.parse().unwrap())).encode(&mut out);
+    out
+}
+
+/// The balancer is 127.0.0.1; rules about the real clients, which the
+/// PROXY header names (TEST-NET addresses nobody can connect from here).
+const BEHIND: &str = r#"
+handshake_timeout = "1s"
+connect_timeout = "1s"
+proxy_protocol_from = ["127.0.0.1"]
+[[rule]]
+name = "alice"
+action = "allow"
+from = ["192.0.2.1"]
+[[rule]]
+name = "direct"
+action = "allow"
+from = ["127.0.0.2"]
+"#;
+
+/// Through a trusted balancer, the header's client is the one the rules
+/// see: one real client is allowed, another denied, over the same
+/// balancer connection source; v1 and v2 alike, with the request in the
+/// same segment as the header or after it.
+#[tokio::test]
+async fn rules_apply_to_the_client_the_header_names() {
+    let (_server, proxy, metrics) = start_with_metrics(BEHIND).await;
+    let (dest, _seen) = echo_server(Ipv4Addr::LOCALHOST).await;
+    for header in [v2_header("192.0.2.1:40000", "198.51.100.1:1080"), v1_header("192.0.2.1:40000", "198.51.100.1:1080")]
+    {
+        // Header and request in one write.
+        let mut bytes = header.clone();
+        bytes.extend_from_slice(&request(1, dest, b"", None));
+        let mut c = connect_from(Ipv4Addr::LOCALHOST, proxy).await;
+        c.write_all(&bytes).await.unwrap();
+        assert_eq!(read_reply(&mut c).await[1], 90);
+        c.write_all(b"ping").await.unwrap();
+        assert_eq!(read_n(&mut c, 4).await, b"ping");
+        // Header, then the request in a later segment.
+        let mut c = connect_from(Ipv4Addr::LOCALHOST, proxy).await;
+        c.write_all(&header).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c.write_all(&request(1, dest, b"", None)).await.unwrap();
+        assert_eq!(read_reply(&mut c).await[1], 90);
+    }
+    // Another real client through the same balancer: no rule allows it.
+    let mut c = connect_from(Ipv4Addr::LOCALHOST, proxy).await;
+    let mut bytes = v2_header("192.0.2.66:40000", "198.51.100.1:1080");
+    bytes.extend_from_slice(&request(1, dest, b"", None));
+    c.write_all(&bytes).await.unwrap();
+    assert_eq!(read_reply(&mut c).await, REJECTED);
+    let m = scrape_settled(metrics).await;
+    assert_eq!(m["socks4d_proxy_headers_total{result=\"v2\"}"], 3.0);
+    assert_eq!(m["socks4d_proxy_headers_total{result=\"v1\"}"], 2.0);
+    assert_eq!(m["socks4d_rule_hits_total{rule=\"alice\",action=\"allow\"}"], 4.0);
+    assert_eq!(m["socks4d_rule_misses_total"], 1.0);
+}
+
+/// No spoofing either way: a trusted source without a header, and an
+/// untrusted source with one, are closed without a reply and counted;
+/// an untrusted source without a header is an ordinary client.
+#[tokio::test]
+async fn spoofing_is_refused_either_way() {
+    let (_server, proxy, metrics) = start_with_metrics(BEHIND).await;
+    let (dest, mut seen) = echo_server(Ipv4Addr::LOCALHOST).await;
+    // The balancer's address speaking SOCKS directly (a client on the balancer's host).
+    let mut c = connect_from(Ipv4Addr::LOCALHOST, proxy).await;
+    c.write_all(&request(1, dest, b"", None)).await.unwrap();
+    expect_closed(&mut c).await;
+    // 127.0.0.2 is not trusted: it cannot claim to relay alice, in either version.
+    for forged in [v2_header("192.0.2.1:40000", "198.51.100.1:1080"), v1_header("192.0.2.1:40000", "198.51.100.1:1080")]
+    {
+        let mut bytes = forged;
+        bytes.extend_from_slice(&request(1, dest, b"", None));
+        let mut c = connect_from(Ipv4Addr::new(127, 0, 0, 2), proxy).await;
+        c.write_all(&bytes).await.unwrap();
+        expect_closed(&mut c).await;
+    }
+    // The same source without a header is served as itself.
+    let mut c = connect_from(Ipv4Addr::new(127, 0, 0, 2), proxy).await;
+    c.write_all(&request(1, dest, b"", None)).await.unwrap();
+    assert_eq!(read_reply(&mut c).await[1], 90);
+    assert_eq!(next_peer(&mut seen).await.ip(), std::net::IpAddr::from(Ipv4Addr::LOCALHOST));
+    assert!(seen.try_recv().is_err(), "a refused connection reached the destination");
+    drop(c);
+    let m = scrape_settled(metrics).await;
+    assert_eq!(m["socks4d_proxy_headers_total{result=\"missing\"}"], 1.0);
+    assert_eq!(m["socks4d_proxy_headers_total{result=\"untrusted\"}"], 2.0);
+    assert_eq!(m["socks4d_rule_hits_total{rule=\"direct\",action=\"allow\"}"], 1.0);
+}
+
+/// Malformed or unusable headers from the trusted source: closed without a
+/// reply, nothing reaches the destination.
+#[tokio::test]
+async fn malformed_headers_are_refused() {
+    let (_server, proxy, metrics) = start_with_metrics(BEHIND).await;
+    let (dest, mut seen) = echo_server(Ipv4Addr::LOCALHOST).await;
+    let mut tlv_overrun = v2_header("192.0.2.1:40000", "198.51.100.1:1080");
+    tlv_overrun[15] += 4;
+    tlv_overrun.extend_from_slice(b"\x05\x00\x09a");
+    let mut oversized = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x10\x00".to_vec();
+    oversized.resize(16 + 4096, 0);
+    let cases: Vec<Vec<u8>> = vec![
+        b"PROXY TCP4 192.0.2.1 198.51.100.1 40000 1080\n".to_vec(),
+        b"PROXY TCP4 192.0.2.01 198.51.100.1 40000 1080\r\n".to_vec(),
+        b"PROXY TCP6 192.0.2.1 198.51.100.1 40000 1080\r\n".to_vec(),
+        b"PROXY UNKNOWN\r\n".to_vec(),
+        b"\r\n\r\n\0\r\nQUIT\n\x11\x11\x00\x0c".to_vec(),
+        b"\r\n\r\n\0\r\nQUIT\n\x21\x12\x00\x0c\xc0\x00\x02\x01\xc6\x33\x64\x01\x9c\x40\x04\x38".to_vec(),
+        tlv_overrun,
+        oversized,
+        format!("PROXY UNKNOWN {}\r\n", "x".repeat(120)).into_bytes(),
+    ];
+    for header in &cases {
+        let mut bytes = header.clone();
+        bytes.extend_from_slice(&request(1, dest, b"", None));
+        let mut c = connect_from(Ipv4Addr::LOCALHOST, proxy).await;
+        c.write_all(&bytes).await.unwrap();
+        expect_closed(&mut c).await;
+    }
+    // Half a header, then silence: closed at handshake_timeout.
+    let mut c = connect_from(Ipv4Addr::LOCALHOST, proxy).await;
+    c.write_all(b"PROXY TCP4 192.0.2.1").await.unwrap();
+    let since = Instant::now();
+    expect_closed(&mut c).await;
+    assert!(since.elapsed() >= Duration::from_millis(800), "{:?}", since.elapsed());
+    assert!(seen.try_recv().is_err(), "a refused connection reached the destination");
+    let m = scrape_settled(metrics).await;
+    assert_eq!(m["socks4d_proxy_headers_total{result=\"invalid\"}"], cases.len() as f64 + 1.0);
+    assert_eq!(m["socks4d_proxy_headers_total{result=\"v2\"}"], 0.0);
+}
+
+/// A v2 LOCAL header (HAProxy's health check) is the balancer's own
+/// connection: accepted, not counted as a session.
+#[tokio::test]
+async fn health_checks_are_accepted_quietly() {
+    let (_server, proxy, metrics) = start_with_metrics(BEHIND).await;
+    for _ in 0..3 {
+        let mut c = connect_from(Ipv4Addr::LOCALHOST, proxy).await;
+        c.write_all(b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00").await.unwrap();
+        c.shutdown().await.unwrap();
+        expect_closed(&mut c).await;
+    }
+    let m = scrape_settled(metrics).await;
+    assert_eq!(m["socks4d_proxy_headers_total{result=\"local\"}"], 3.0);
+    let sessions: f64 = m.iter().filter(|(k, _)| k.starts_with("socks4d_sessions_total")).map(|(_, v)| v).sum();
+    assert_eq!(sessions, 0.0);
+}
+
+/// IDENT asks identd on the real client's host about the client's own
+/// connection: its port, and the port it reached on the balancer.
+#[tokio::test]
+async fn ident_is_asked_of_the_real_client() {
+    // identd on the real client's host, not the balancer's.
+    let listener = TcpListener::bind("127.0.0.3:0").await.unwrap();
+    let ident_port = listener.local_addr().unwrap().port();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((s, peer)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut s = BufReader::new(s);
+                let mut line = String::new();
+                if s.read_line(&mut line).await.is_ok() {
+                    let _ = tx.send((peer, line.clone()));
+                    let answer = format!("{} : USERID : UNIX : alice\r\n", line.trim_end());
+                    let _ = s.get_mut().write_all(answer.as_bytes()).await;
+                }
+            });
+        }
+    });
+    let config = format!(
+        "ident_port = {ident_port}\nhandshake_timeout = \"1s\"\nproxy_protocol_from = [\"127.0.0.1\"]\n\
+         [[rule]]\naction = \"allow\"\nfrom = [\"127.0.0.3\"]\nident = \"match\"\n"
+    );
+    let (_server, proxy, metrics) = start_with_metrics(&config).await;
+    let (dest, _seen) = echo_server(Ipv4Addr::LOCALHOST).await;
+    let mut bytes = v2_header("127.0.0.3:40001", "127.0.0.1:1080");
+    bytes.extend_from_slice(&request(1, dest, b"alice", None));
+    let mut granted = connect_from(Ipv4Addr::LOCALHOST, proxy).await;
+    granted.write_all(&bytes).await.unwrap();
+    assert_eq!(read_reply(&mut granted).await[1], 90);
+    drop(granted);
+    let (_peer, query) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    assert_eq!(query, "40001 , 1080\r\n");
+    // identd says alice: a claim of bob is a mismatch.
+    let mut bytes = v2_header("127.0.0.3:40002", "127.0.0.1:1080");
+    bytes.extend_from_slice(&request(1, dest, b"bob", None));
+    let mut c = connect_from(Ipv4Addr::LOCALHOST, proxy).await;
+    c.write_all(&bytes).await.unwrap();
+    assert_eq!(read_reply(&mut c).await[1], 93);
+    let m = scrape_settled(metrics).await;
+    assert_eq!(m["socks4d_ident_lookups_total{result=\"ok\"}"], 1.0);
+    assert_eq!(m["socks4d_ident_lookups_total{result=\"mismatch\"}"], 1.0);
+}
+
+/// `advertise` replaces the address of BIND's first reply; the port is the
+/// listener's, which really takes the connection.
+#[tokio::test]
+async fn advertise_names_the_address_in_front_of_the_bind_listener() {
+    let (_server, proxy) = start(&format!("advertise = \"203.0.113.7\"\n{OPEN}")).await;
+    let mut c = send(proxy, &request(2, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 21), b"", None)).await;
+    let first = read_reply(&mut c).await;
+    assert_eq!(first[..2], [0, 90]);
+    assert_eq!(first[4..], [203, 0, 113, 7]);
+    let port = u16::from_be_bytes([first[2], first[3]]);
+    // The listener is on the address CONNECTs to 127.0.0.1 come from.
+    let mut peer = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await.unwrap();
+    let second = read_reply(&mut c).await;
+    assert_eq!(second, reply(90, v4(peer.local_addr().unwrap())));
+    peer.write_all(b"hi").await.unwrap();
+    assert_eq!(read_n(&mut c, 2).await, b"hi");
+    // Without advertise: the listener's own address.
+    let (_server, proxy) = start(OPEN).await;
+    let mut c = send(proxy, &request(2, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 21), b"", None)).await;
+    assert_eq!(read_reply(&mut c).await[4..], [127, 0, 0, 1]);
+}
+
+/// One client address cannot take more than `max_sessions_per_client`
+/// sessions; others are not affected; a place frees when a session ends.
+/// Behind a balancer the count is per real client.
+#[tokio::test]
+async fn max_sessions_per_client() {
+    let config = format!("max_sessions_per_client = 2\nproxy_protocol_from = [\"127.0.0.4\"]\n{OPEN}");
+    let (_server, proxy, metrics) = start_with_metrics(&config).await;
+    let (dest, _seen) = echo_server(Ipv4Addr::LOCALHOST).await;
+    let open_from = |source: Ipv4Addr| async move {
+        let mut c = connect_from(source, proxy).await;
+        c.write_all(&request(1, dest, b"", None)).await.unwrap();
+        let code = read_reply(&mut c).await[1];
+        (c, code)
+    };
+    let (a1, code) = open_from(Ipv4Addr::LOCALHOST).await;
+    assert_eq!(code, 90);
+    let (_a2, code) = open_from(Ipv4Addr::LOCALHOST).await;
+    assert_eq!(code, 90);
+    let (mut a3, code) = open_from(Ipv4Addr::LOCALHOST).await;
+    assert_eq!(code, 91);
+    expect_closed(&mut a3).await;
+    let (_b1, code) = open_from(Ipv4Addr::new(127, 0, 0, 2)).await;
+    assert_eq!(code, 90);
+    drop(a1);
+    let start = Instant::now();
+    loop {
+        let (_a, code) = open_from(Ipv4Addr::LOCALHOST).await;
+        if code == 90 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "the closed session's place was not freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Through the balancer 127.0.0.4: each real client has its own two places.
+    let via = |client: &'static str| async move {
+        let mut c = connect_from(Ipv4Addr::new(127, 0, 0, 4), proxy).await;
+        let mut bytes = v2_header(client, "198.51.100.1:1080");
+        bytes.extend_from_slice(&request(1, dest, b"", None));
+        c.write_all(&bytes).await.unwrap();
+        let code = read_reply(&mut c).await[1];
+        (c, code)
+    };
+    let held = [via("127.0.0.5:1").await, via("127.0.0.5:2").await, via("127.0.0.6:1").await];
+    assert_eq!(held.iter().map(|(_, code)| *code).collect::<Vec<_>>(), [90, 90, 90]);
+    assert_eq!(via("127.0.0.5:3").await.1, 91);
+    let m = scrape(metrics).await;
+    assert!(m["socks4d_refused_connections_total{reason=\"max_sessions_per_client\"}"] >= 2.0);
+}
