@@ -103,4 +103,10 @@ impl Socks4d {
     pub fn stop(&mut self) {
         self.child.stop();
     }
+
+    /// SIGKILL, as a crash would: no drain, listeners gone at once.
+    pub fn crash(&mut self) {
+        let _ = self.child.child_mut().kill();
+        let _ = self.child.child_mut().wait();
+    }
 }
