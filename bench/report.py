@@ -23,6 +23,8 @@ KIB_PER_RELAY = 8.0
 SHIM_NS = 1000.0
 SUP_HS_VS_SHIM = 0.7
 SUP_TP_VS_SHIM = 0.95
+# Metrics must cost no measurable handshake rate (issue 14).
+METRICS_ON_VS_OFF = 0.97
 # "RSS back near idle": at most this share of what the relays added is
 # still held after they close (1 MiB slack for noise).
 RETAINED_SHARE = 0.10
@@ -50,6 +52,7 @@ class Run:
         self.loop = defaultdict(list)  # plain|shim -> [median ns per run]
         self.loop_n = 0
         self.eisconn = defaultdict(list)  # plain|shim -> [ns per EISCONN connect per run]
+        self.metrics_check = None
         for r in recs:
             k = r["kind"]
             if k == "throughput":
@@ -63,6 +66,8 @@ class Run:
                     self.hs[r["label"]] = r
             elif k == "rss":
                 self.rss[r["label"]] = r
+            elif k == "metrics_check":
+                self.metrics_check = r
             elif k == "hold":
                 self.hold[r["label"]] = r
             elif k == "connect_loop":
@@ -229,6 +234,13 @@ def targets(run):
     r = ratio(rate["socks4d"], rate["microsocks"])
     out.append((f"handshakes/s: socks4d >= {HS_VS_MICROSOCKS}x microsocks", fmt(r, "x"),
                 r is not None and r >= HS_VS_MICROSOCKS))
+    on = run.hs.get("socks4d-metrics", {}).get("per_s")
+    r = ratio(on, rate["socks4d"])
+    check = run.metrics_check
+    counted = check is not None and check["counted"] == check["expected"]
+    note = "" if counted else f" (counted {check['counted'] if check else '?'} of {check['expected'] if check else '?'})"
+    out.append((f"handshakes/s: socks4d with metrics >= {METRICS_ON_VS_OFF}x without", fmt(r, "x") + note,
+                r is not None and r >= METRICS_ON_VS_OFF and counted))
     big = run.idle_big
     k = run.per_relay_kib("socks4d", big)
     hold = run.hold.get(f"socks4d@{big}")
@@ -256,6 +268,28 @@ def targets(run):
         out.append((f"relay throughput {streams} stream{'s' if streams > 1 else ''} (iperf3 via socks4d): "
                     f"supervisor >= {SUP_TP_VS_SHIM}x shim", fmt(r, "x"), r is not None and r >= SUP_TP_VS_SHIM))
     return out
+
+
+def metrics_section(run):
+    """socks4d with `metrics` set against socks4d without, same handshakes, same rounds."""
+    off, on = run.hs.get("socks4d"), run.hs.get("socks4d-metrics")
+    if not off or not on:
+        return ["Not measured (socks4d with metrics did not run)."]
+    check = run.metrics_check or {}
+    return [
+        "Two socks4d processes with bench/socks4d.toml, one with `metrics = \"127.0.0.1:0\"` added; their",
+        "sequential CONNECT handshakes interleaved in the same rounds (best round each). Afterwards the",
+        "metrics one's `/metrics` was scraped: every handshake, warm-up included, must be one granted",
+        "CONNECT session counted.",
+        "",
+        "| socks4d | handshakes/s | p50 (us) | p99 (us) |",
+        "|---|---|---|---|",
+        f"| metrics off | {fmt(off['per_s'])} | {fmt(off['p50_us'])} | {fmt(off['p99_us'])} |",
+        f"| metrics on | {fmt(on['per_s'])} | {fmt(on['p50_us'])} | {fmt(on['p99_us'])} |",
+        f"| on / off | {fmt(ratio(on['per_s'], off['per_s']), 'x')} | | |",
+        "",
+        f"Sessions counted: {check.get('counted', '?')} of {check.get('expected', '?')} handshakes.",
+    ]
 
 
 def supervisor_section(run):
@@ -420,6 +454,10 @@ def main():
         "interleaved in one run. Relayed data never passes through the supervisor; only the calls it must see do.",
         "",
         *supervisor_section(run),
+        "",
+        "## Metrics on and off",
+        "",
+        *metrics_section(run),
         "",
         "## Targets",
         "",
