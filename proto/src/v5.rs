@@ -760,7 +760,37 @@ impl Reply {
         out.extend_from_slice(&[VERSION, self.code as u8, 0]);
         self.bound.encode(out);
     }
+
+    /// The whole length of the reply that `prefix` starts with, known once
+    /// its first [`REPLY_PREFIX_LEN`] bytes (up to ATYP and the first byte
+    /// of BND.ADDR) are there; `Ok(None)` before. A client that must not
+    /// read past the reply (the relayed data follows it on the same
+    /// connection) reads that many bytes first, then exactly the rest.
+    ///
+    /// # Errors
+    ///
+    /// As [`Reply::decode`] for the bytes of `prefix`.
+    pub fn wire_len(prefix: &[u8]) -> Result<Option<usize>, ProtocolError> {
+        check_version(prefix, VERSION, ProtocolError::BadVersion)?;
+        if let Some(&rep) = prefix.get(1) {
+            ReplyCode::from_byte(rep)?;
+        }
+        let (Some(&atyp), Some(&first)) = (prefix.get(3), prefix.get(4)) else {
+            return Ok(None);
+        };
+        let addr_len = match atyp {
+            ATYP_IPV4 => 4,
+            ATYP_IPV6 => 16,
+            ATYP_DOMAIN_NAME if first == 0 => return Err(ProtocolError::EmptyHostName),
+            ATYP_DOMAIN_NAME => 1 + usize::from(first),
+            other => return Err(ProtocolError::BadAddressType(other)),
+        };
+        Ok(Some(4 + addr_len + 2))
+    }
 }
+
+/// How many bytes of a reply [`Reply::wire_len`] needs to know its length.
+pub const REPLY_PREFIX_LEN: usize = 5;
 
 // ---------------------------------------------------------------------------
 // UDP.
@@ -862,6 +892,29 @@ mod tests {
     const UDP_V4: &[u8] = b"\x00\x00\x00\x01\x7f\x00\x00\x01\x00\x35query";
     const UDP_NAME: &[u8] = b"\x00\x00\x00\x03\x0bexample.com\x00\x35";
     const UDP_V6: &[u8] = b"\x00\x00\x01\x04\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\x01\x00\x35x";
+
+    #[test]
+    fn reply_length_is_known_from_five_bytes() {
+        for reply in [REPLY_V4, REPLY_REFUSED, REPLY_NAME, REPLY_V6] {
+            for len in 0..REPLY_PREFIX_LEN {
+                assert_eq!(Reply::wire_len(&reply[..len]), Ok(None), "{reply:?} cut at {len}");
+            }
+            for len in REPLY_PREFIX_LEN..=reply.len() {
+                assert_eq!(Reply::wire_len(&reply[..len]), Ok(Some(reply.len())), "{reply:?} cut at {len}");
+            }
+            let mut with_data = reply.to_vec();
+            with_data.extend_from_slice(b"220 ready\r\n");
+            assert_eq!(Reply::wire_len(&with_data), Ok(Some(reply.len())));
+        }
+    }
+
+    #[test]
+    fn reply_length_refuses_what_decode_refuses() {
+        assert_eq!(Reply::wire_len(b"\x00"), Err(ProtocolError::BadVersion(0)));
+        assert_eq!(Reply::wire_len(b"\x05\x09"), Err(ProtocolError::BadReplyCode(9)));
+        assert_eq!(Reply::wire_len(b"\x05\x00\x00\x02\x00"), Err(ProtocolError::BadAddressType(2)));
+        assert_eq!(Reply::wire_len(b"\x05\x00\x00\x03\x00"), Err(ProtocolError::EmptyHostName));
+    }
 
     fn v6(s: &str) -> Host {
         Host::Ip(s.parse().unwrap())

@@ -110,9 +110,9 @@ async fn copy(from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>, count: &mut u64) 
 }
 
 /// The copy buffer's size after a read of `n` bytes into `len`: doubled when the read filled it,
-/// never past [`BUF_MAX`].
+/// never past [`BUF_MAX`] (a power-of-two multiple of [`BUF_START`]).
 fn grown(len: usize, n: usize) -> usize {
-    if n == len && len < BUF_MAX { (len * 2).min(BUF_MAX) } else { len }
+    if n == len && len < BUF_MAX { len * 2 } else { len }
 }
 
 #[cfg(test)]

@@ -6,11 +6,11 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::sockaddr::ipv4_of;
+use crate::route::Conn;
 
 pub type Fd = i32;
 
@@ -20,35 +20,38 @@ pub enum SocketState {
     Connected {
         /// The destination as the program gave it (getpeername).
         dest: SocketAddr,
-        /// The IPv4 destination the proxy connected to (what a BIND request names).
-        target: SocketAddrV4,
+        /// The destination the proxy connected to and what carried it (what a BIND request names,
+        /// and where it goes).
+        conn: Conn,
         /// The address the destination sees, from the reply; None when the reply said 0.0.0.0 and
         /// the real local address is reported instead.
         local: Option<SocketAddr>,
+        /// The address getsockname shows for it (canonical): a bind() to it with port 0 is for a
+        /// BIND belonging to this connection. None: a real local address in a direct network.
+        side_ip: Option<IpAddr>,
         /// Order of the CONNECTs, to find the most recent.
         seq: u64,
     },
     /// Really bound with port 0: a listen() on it may become a BIND.
     BoundAnyPort { addr: SocketAddr },
     /// bind() to the proxy-side address of a proxied connection: recorded, not done.
-    FakeBound { addr: SocketAddr, conn: SocketAddrV4 },
+    FakeBound { addr: SocketAddr, primary: Conn },
     /// A BIND request was granted; the descriptor is the connection to the SOCKS server.
-    Bind(BindState),
+    Bind(Box<BindState>),
     /// The relayed connection handed out by accept.
     Accepted { peer: SocketAddr, local: SocketAddr },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BindState {
-    /// The destination the BIND request named.
-    pub conn: SocketAddrV4,
+    /// The primary connection (the one to the application server) the BIND request was for.
+    pub primary: Conn,
     /// The address from the first reply (0.0.0.0 replaced by the server's), in the socket's family.
     pub local: SocketAddr,
     /// Bytes of the second reply received so far.
     pub second: crate::socks::ReplyProgress,
-    /// Whether the socket was non-blocking when the one connection was accepted (later accepts then
-    /// answer EAGAIN rather than EINVAL); None until then.
-    pub accepted: Option<bool>,
+    /// Whether accept has taken the BIND's one connection yet.
+    pub taken: crate::ops::accept::Taken,
     /// The socket is AF_INET6.
     pub v6: bool,
 }
@@ -56,8 +59,8 @@ pub struct BindState {
 struct Inner {
     map: BTreeMap<Fd, SocketState>,
     seq: u64,
-    /// The destination of the most recent proxied CONNECT, even if since closed.
-    latest: Option<SocketAddrV4>,
+    /// The most recent proxied CONNECT, even if since closed.
+    latest: Option<Conn>,
 }
 
 pub struct Registry {
@@ -162,17 +165,17 @@ impl Registry {
     }
 
     /// Records a granted CONNECT.
-    pub fn connected(&self, fd: Fd, dest: SocketAddr, target: SocketAddrV4, local: Option<SocketAddr>) {
+    pub fn connected(&self, fd: Fd, dest: SocketAddr, conn: Conn, local: Option<SocketAddr>, side_ip: Option<IpAddr>) {
         self.with(|i| {
             i.seq += 1;
-            i.latest = Some(target);
-            i.map.insert(fd, SocketState::Connected { dest, target, local, seq: i.seq });
+            i.latest = Some(conn);
+            i.map.insert(fd, SocketState::Connected { dest, conn, local, side_ip, seq: i.seq });
         });
     }
 
-    /// The destination of the most recent proxied connection whose proxy-side address is `ip`:
-    /// the connection a bind() to that address belongs to.
-    pub fn connection_with_local_ip(&self, ip: Ipv4Addr) -> Option<SocketAddrV4> {
+    /// The most recent proxied connection whose proxy-side address is `ip` (canonical): the
+    /// connection a bind() to that address belongs to.
+    pub fn connection_with_local_ip(&self, ip: IpAddr) -> Option<Conn> {
         if self.is_empty() {
             return None;
         }
@@ -181,19 +184,15 @@ impl Registry {
             .map
             .values()
             .filter_map(|s| match s {
-                SocketState::Connected { target, local: Some(local), seq, .. }
-                    if ipv4_of(local).is_some_and(|l| *l.ip() == ip) =>
-                {
-                    Some((*seq, *target))
-                }
+                SocketState::Connected { conn, side_ip: Some(side), seq, .. } if *side == ip => Some((*seq, *conn)),
                 _ => None,
             })
             .max_by_key(|(seq, _)| *seq)
-            .map(|(_, target)| target)
+            .map(|(_, conn)| conn)
     }
 
-    /// The destination of the most recent proxied CONNECT of the process.
-    pub fn latest_connection(&self) -> Option<SocketAddrV4> {
+    /// The most recent proxied CONNECT of the process.
+    pub fn latest_connection(&self) -> Option<Conn> {
         self.lock().latest
     }
 }
@@ -235,12 +234,16 @@ pub fn install_fork_handlers() {
 mod tests {
     use super::*;
 
-    fn v4(s: &str) -> SocketAddrV4 {
-        s.parse().unwrap()
+    use crate::route::{Carrier, RouteId};
+    use crate::sockaddr::canonical;
+
+    fn v4(s: &str) -> Conn {
+        Conn { dest: s.parse().unwrap(), carrier: Carrier { route: RouteId::Default, pick: 0 } }
     }
 
     fn connect(r: &Registry, fd: Fd, dest: &str, local: Option<&str>) {
-        r.connected(fd, dest.parse().unwrap(), v4(dest), local.map(|l| l.parse().unwrap()));
+        let local: Option<SocketAddr> = local.map(|l| l.parse().unwrap());
+        r.connected(fd, dest.parse().unwrap(), v4(dest), local, local.map(|l| canonical(l).ip()));
     }
 
     #[test]
@@ -330,13 +333,13 @@ mod tests {
         let r = Registry::new();
         r.insert(
             3,
-            SocketState::Bind(BindState {
-                conn: v4("10.0.0.5:21"),
+            SocketState::Bind(Box::new(BindState {
+                primary: v4("10.0.0.5:21"),
                 local: "192.0.2.1:5000".parse().unwrap(),
                 second: Default::default(),
-                accepted: None,
+                taken: crate::ops::accept::Taken::No,
                 v6: false,
-            }),
+            })),
         );
         r.update(3, |s| {
             if let SocketState::Bind(b) = s {

@@ -142,6 +142,24 @@ pub fn in_family(addr: SocketAddrV4, v6: bool) -> SocketAddr {
     }
 }
 
+/// `addr` as the program's socket of family AF_INET6 (`v6`) or AF_INET can hold it: IPv4 is
+/// IPv4-mapped for AF_INET6; None for an IPv6 address and an AF_INET socket.
+pub fn to_family(addr: SocketAddr, v6: bool) -> Option<SocketAddr> {
+    match canonical(addr) {
+        SocketAddr::V4(a) => Some(in_family(a, v6)),
+        a @ SocketAddr::V6(_) if v6 => Some(a),
+        SocketAddr::V6(_) => None,
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is; others unchanged.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match ipv4_of(&addr) {
+        Some(a) => SocketAddr::V4(a),
+        None => addr,
+    }
+}
+
 /// The IPv4 address behind an IPv4 or IPv4-mapped IPv6 address.
 pub fn ipv4_of(addr: &SocketAddr) -> Option<SocketAddrV4> {
     match addr {

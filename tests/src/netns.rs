@@ -74,6 +74,26 @@ impl Netns {
         ip(&all);
     }
 
+    /// A veth pair between `self` (interface `ifname`, addresses `cidrs`) and `peer`
+    /// (`peer_ifname`, `peer_cidrs`), both up. IPv6 addresses are added without duplicate address
+    /// detection, so they are usable at once.
+    ///
+    /// # Panics
+    /// When an `ip` command fails.
+    pub fn link(&self, ifname: &str, cidrs: &[&str], peer: &Netns, peer_ifname: &str, peer_cidrs: &[&str]) {
+        self.ip(&["link", "add", ifname, "type", "veth", "peer", "name", peer_ifname, "netns", peer.name()]);
+        for (ns, dev, list) in [(self, ifname, cidrs), (peer, peer_ifname, peer_cidrs)] {
+            for cidr in list {
+                if cidr.contains(':') {
+                    ns.ip(&["addr", "add", cidr, "dev", dev, "nodad"]);
+                } else {
+                    ns.ip(&["addr", "add", cidr, "dev", dev]);
+                }
+            }
+            ns.ip(&["link", "set", dev, "up"]);
+        }
+    }
+
     /// Sets a sysctl inside the namespace, e.g. `("net.ipv4.ip_forward", "0")`.
     ///
     /// # Panics
@@ -181,5 +201,32 @@ impl Topology {
             proxy_outside_ip: IpAddr::V4(Ipv4Addr::new(10, 77, 2, 1)),
             server_ip: IpAddr::V4(Ipv4Addr::new(10, 77, 2, 2)),
         }
+    }
+}
+
+/// /etc/netns/<ns>/{hosts,resolv.conf} for one namespace (`ip netns exec` bind-mounts them over
+/// /etc/hosts and /etc/resolv.conf); `Drop` removes the directory.
+pub struct NetnsFiles {
+    dir: std::path::PathBuf,
+}
+
+impl NetnsFiles {
+    /// Writes the two files for `ns`.
+    ///
+    /// # Panics
+    /// When they cannot be written.
+    pub fn new(ns: &Netns, hosts: &str, resolv: &str) -> NetnsFiles {
+        let dir = std::path::PathBuf::from("/etc/netns").join(ns.name());
+        std::fs::create_dir_all(&dir).expect("mkdir /etc/netns/<ns>");
+        let files = NetnsFiles { dir };
+        std::fs::write(files.dir.join("hosts"), hosts).expect("write netns hosts");
+        std::fs::write(files.dir.join("resolv.conf"), resolv).expect("write netns resolv.conf");
+        files
+    }
+}
+
+impl Drop for NetnsFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

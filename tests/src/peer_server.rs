@@ -1,5 +1,5 @@
-//! A TCP server that tells each client which address it saw: HTTP GETs get `peer=IP:PORT` and a
-//! payload of a requested size; any other first line gets `peer=IP:PORT` echoed back with that
+//! A TCP server (IPv4 or IPv6) that tells each client which address it saw: HTTP GETs get
+//! `peer=IP:PORT` (`[IPv6]:PORT`) and a payload of a requested size; any other first line gets `peer=IP:PORT` echoed back with that
 //! line. Every connection's peer goes to its log, so a test can assert who reached it.
 
 use std::net::{IpAddr, SocketAddr};
@@ -16,8 +16,9 @@ lock = threading.Lock()
 def payload(n):
     return bytes(97 + (i * 7 + 3) % 26 for i in range(n))
 def serve(c, peer):
+    shown = ('[%s]:%d' if ':' in peer[0] else '%s:%d') % peer[:2]
     with lock, open(log, 'a') as f:
-        f.write('peer %s:%d\n' % peer)
+        f.write('peer %s\n' % shown)
     try:
         c.settimeout(20)
         data = b''
@@ -27,7 +28,7 @@ def serve(c, peer):
                 break
             data += chunk
         first = data.split(b'\n')[0].strip()
-        head = b'peer=%s:%d\n' % (peer[0].encode(), peer[1])
+        head = b'peer=%s\n' % shown.encode()
         if first.startswith(b'GET '):
             while b'\r\n\r\n' not in data:
                 chunk = c.recv(4096)
@@ -43,7 +44,7 @@ def serve(c, peer):
     except Exception as e:
         sys.stderr.write('peer server: %r\n' % e)
     c.close()
-s = socket.socket()
+s = socket.socket(socket.AF_INET6 if ':' in ip else socket.AF_INET)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((ip, 0))
 s.listen(256)

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::{FtpClient, FtpJob, PyFtpd, TempDir, checksum, run_ftp, test_content};
+use crate::{FtpClient, FtpJob, FtpRun, PyFtpd, TempDir, checksum, run_ftp, test_content};
 
 /// One active-mode FTP session to check.
 #[derive(Debug, Clone)]
@@ -41,11 +41,11 @@ impl ActiveFtp<'_> {
     }
 
     /// Runs the session with the client command built by `make` (see `run_ftp`) and asserts;
-    /// `proxy_log` is appended to every failure message.
+    /// `proxy_log` is appended to every failure message. Returns the client's output.
     ///
     /// # Panics
     /// On any failed check, with the client's output and both servers' logs.
-    pub fn run(&self, make: impl FnOnce(&'static str) -> Command, proxy_log: impl Fn() -> String) {
+    pub fn run(&self, make: impl FnOnce(&'static str) -> Command, proxy_log: impl Fn() -> String) -> FtpRun {
         let client = self.client;
         let dir = TempDir::new("ftp");
         let root = dir.join("root");
@@ -136,5 +136,6 @@ impl ActiveFtp<'_> {
             );
             assert!(completed("STOR", up.len()), "no completed STOR of {} bytes: {}", up.len(), diag());
         }
+        out
     }
 }

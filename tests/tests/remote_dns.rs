@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use socks4_tests::{
-    ChildGuard, FtpClient, Netns, PeerServer, PyFtpd, RunOutput, Socks4d, Socks4dOptions, TempDir, Topology, checksum,
-    go_binary, peer_payload, run_with_timeout, shim_command, supervise_command, test_content,
+    ChildGuard, FtpClient, Netns, NetnsFiles, PeerServer, PyFtpd, RunOutput, Socks4d, Socks4dOptions, TempDir,
+    Topology, checksum, go_binary, peer_payload, run_with_timeout, shim_command, supervise_command, test_content,
 };
 
 const NAME: &str = "files.internal";
@@ -32,28 +32,6 @@ name = "loopback clients"
 action = "allow"
 from = ["127.0.0.0/8"]
 "#;
-
-/// /etc/netns/<ns>/{hosts,resolv.conf} for one namespace; `Drop` removes the directory.
-struct NetnsFiles {
-    dir: PathBuf,
-}
-
-impl NetnsFiles {
-    fn new(ns: &Netns, hosts: &str, resolv: &str) -> NetnsFiles {
-        let dir = PathBuf::from("/etc/netns").join(ns.name());
-        std::fs::create_dir_all(&dir).expect("mkdir /etc/netns/<ns>");
-        let files = NetnsFiles { dir };
-        std::fs::write(files.dir.join("hosts"), hosts).expect("write netns hosts");
-        std::fs::write(files.dir.join("resolv.conf"), resolv).expect("write netns resolv.conf");
-        files
-    }
-}
-
-impl Drop for NetnsFiles {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// A DNS server that answers every query NXDOMAIN and writes each query's name to its log: the
 /// listener that must hear nothing while remote DNS is on.
@@ -400,10 +378,11 @@ for c in range(K):
                 s = socket.create_connection((ip, port), timeout=10)
                 s.sendall(name.encode())
                 s.close()
-            print("child", " ".join("%s=%s" % kv for kv in sorted(got.items())), flush=True)
+            # One write(2): print may split a line, and the parent writes to the same pipe.
+            os.write(1, ("child " + " ".join("%s=%s" % kv for kv in sorted(got.items())) + "\n").encode())
             os._exit(0)
         except Exception as e:
-            print("child error", e, flush=True)
+            os.write(1, ("child error %s\n" % e).encode())
             os._exit(1)
     pids.append(pid)
 srv.settimeout(15)
@@ -416,7 +395,7 @@ for _ in range(N * K):
         if not chunk:
             break
         data += chunk
-    print("conn", conn.getsockname()[0], data.decode(), flush=True)
+    os.write(1, ("conn %s %s\n" % (conn.getsockname()[0], data.decode())).encode())
     conn.close()
 for p in pids:
     _, status = os.waitpid(p, 0)

@@ -168,7 +168,7 @@ fn libsocks4_page(doc: &Doc, source: &str) -> Result<String, String> {
         "\
 .TH LIBSOCKS4 8 \"\" \"{source}\" \"System Administration\"
 .SH NAME
-libsocks4.so \\- make programs connect through a SOCKS4 server (LD_PRELOAD)
+libsocks4.so \\- make programs connect through SOCKS servers (LD_PRELOAD)
 .SH SYNOPSIS
 \\fBLD_PRELOAD=libsocks4.so\\fR \\fIPROGRAM\\fR ...
 .br

@@ -1,6 +1,6 @@
-//! socks4-run: runs a program so that its connections go through a SOCKS4 server, with
-//! libsocks4.so preloaded (dynamic programs) or under the seccomp supervisor (static programs, Go,
-//! or any program with --supervise).
+//! socks4-run: runs a program so that its connections go through SOCKS servers (SOCKS4/4A or
+//! SOCKS5, per route, with failover and chains), with libsocks4.so preloaded (dynamic programs) or
+//! under the seccomp supervisor (static programs, Go, or any program with --supervise).
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -13,12 +13,24 @@ use clap::Parser;
 use socks4_shim::cli::Args;
 use socks4_shim::launcher::{self, Mode};
 use socks4_shim::supervisor;
+use socks4_shim::upstream::Url;
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let mut settings = Vec::new();
     if let Some(server) = &args.server {
+        // The whole command line is readable by every user of the machine (ps, /proc).
+        if let Some(url) = server.split(',').filter_map(|u| Url::parse(u).ok()).find(|u| u.password.is_some()) {
+            eprintln!(
+                "socks4-run: --server {url}: a password on the command line is visible to every user (ps); \
+                 use --password-file FILE, SOCKS4_PASSWORD or the config file"
+            );
+            return ExitCode::from(2);
+        }
         settings.push(("SOCKS4_SERVER", OsString::from(server)));
+    }
+    if let Some(file) = &args.password_file {
+        settings.push(("SOCKS4_PASSWORD_FILE", file.clone().into_os_string()));
     }
     if let Some(user) = &args.user {
         settings.push(("SOCKS4_USER", OsString::from(user)));

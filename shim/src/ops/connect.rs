@@ -1,28 +1,45 @@
-//! connect(): a TCP connection to a destination that is not direct becomes a SOCKS4 CONNECT on the
-//! program's own socket. Fails closed: never a direct connection instead.
+//! connect(): a TCP connection to a destination that is not direct becomes a SOCKS CONNECT on the
+//! program's own socket, through the upstreams of its route. Fails closed: never a direct
+//! connection instead.
 //!
 //! [`decide`] and [`through_proxy`] are shared by the hooks (over the registry, here) and the
 //! seccomp supervisor (over its own state): one decision and one exchange for both.
 
 use std::ffi::c_int;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
-use socks4_proto::v4::{ReplyCode, Request};
-
-use super::{Verdict, proxy_for};
+use super::Verdict;
+use super::proxy::{self, Ask};
 use crate::config::{self, Config};
+use crate::dns_pool;
 use crate::log::{debug, error};
 use crate::registry::{self, SocketState};
-use crate::route::{Route, route};
-use crate::sockaddr::in_family;
-use crate::{socks, sys};
+use crate::route::{Conn, Route, RouteId, route};
+use crate::sockaddr::{canonical, to_family};
+use crate::socks::Command;
+use crate::sys;
 
 /// What a proxied CONNECT established.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Established {
     /// The address the destination sees (from the reply), in the socket's family; None when the
-    /// reply said 0.0.0.0 (the real local address is reported instead).
+    /// reply said 0.0.0.0 (or named a host): the real local address is reported instead.
     pub local: Option<SocketAddr>,
+    /// The destination and the upstream(s) that carried it: where a BIND for it goes.
+    pub conn: Conn,
+    /// The address getsockname shows for the connection (canonical): the reply's, or, when the
+    /// reply said 0.0.0.0 (`ssh -D` does), the real local one unless it is in a direct network.
+    /// A bind() to it with port 0 is an FTP client's data socket: a BIND for this connection.
+    pub side_ip: Option<IpAddr>,
+}
+
+/// Where a connect that is not plainly direct goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Through the upstreams of `route`, to `dest` (canonical; a placeholder when `name` is set).
+    Proxy { dest: SocketAddr, name: Option<String>, route: RouteId },
+    /// A placeholder whose route goes direct: its name is resolved here and connected to.
+    DirectName { name: String, port: u16 },
 }
 
 pub fn connect(fd: c_int, dest: SocketAddr) -> Verdict<c_int> {
@@ -36,77 +53,132 @@ pub fn connect(fd: c_int, dest: SocketAddr) -> Verdict<c_int> {
             Verdict::Pass
         }
         Verdict::Fail(e) => Verdict::Fail(e),
-        Verdict::Done(target) => proxied(fd, config, dest, target),
+        Verdict::Done(Plan::DirectName { name, port }) => match direct_to_name(fd, &name, port, dest.is_ipv6()) {
+            Ok(()) => Verdict::Done(0),
+            Err(e) => Verdict::Fail(e),
+        },
+        Verdict::Done(plan) => proxied(fd, config, dest, &plan),
     }
 }
 
-/// Where a connect of `fd` to `dest` goes: Pass (direct, or not a TCP socket), Done(the IPv4
-/// destination to ask the proxy for), or Fail (blocked, or IPv6 that SOCKS4 cannot carry).
-pub fn decide(config: &Config, fd: c_int, dest: &SocketAddr) -> Verdict<SocketAddrV4> {
-    match route(config, dest) {
-        Route::Direct => {
-            debug!("connect to {dest}: direct");
-            Verdict::Pass
-        }
-        // UDP "connections" and other socket types are not ours.
-        _ if !sys::is_tcp(fd) => Verdict::Pass,
-        Route::Blocked => {
-            error!("connect to {dest} refused: the shim's configuration is broken (see the error above)");
+/// Where a connect of `fd` to `dest` goes: Pass (direct, or not a TCP socket), Done(the plan), or
+/// Fail (blocked, a broken configuration, a placeholder that stands for no name). Allocation-free
+/// when the answer is a direct connect.
+pub fn decide(config: &Config, fd: c_int, dest: &SocketAddr) -> Verdict<Plan> {
+    let placeholder = match canonical(*dest).ip() {
+        IpAddr::V4(ip) if dns_pool::is_placeholder(ip) => Some(ip),
+        _ => None,
+    };
+    let by_address = match placeholder {
+        None => route(config, dest, None),
+        Some(_) if crate::route::always_direct(config, dest) => Route::Direct,
+        Some(_) => Route::Broken,
+    };
+    if by_address == Route::Direct {
+        debug!("connect to {dest}: direct");
+        return Verdict::Pass;
+    }
+    // UDP "connections" and other socket types are not ours.
+    if !sys::is_tcp(fd) {
+        return Verdict::Pass;
+    }
+    if config.broken {
+        error!("connect to {dest} refused: the shim's configuration is broken (see the error above)");
+        return Verdict::Fail(libc::EACCES);
+    }
+    let name = match placeholder {
+        Some(ip) => match super::dns::name_of_placeholder(config, ip) {
+            Ok(name) => Some(name),
+            Err(e) => return Verdict::Fail(e),
+        },
+        None => None,
+    };
+    let decision = match &name {
+        Some(n) => route(config, dest, Some(n)),
+        None => by_address,
+    };
+    let shown = Shown(dest, name.as_deref());
+    match decision {
+        Route::Direct => match name {
+            Some(name) => Verdict::Done(Plan::DirectName { name, port: dest.port() }),
+            None => {
+                debug!("connect to {shown}: direct");
+                Verdict::Pass
+            }
+        },
+        Route::Broken => {
+            error!("connect to {shown} refused: the shim's configuration is broken (see the error above)");
             Verdict::Fail(libc::EACCES)
         }
-        Route::Unreachable => {
-            debug!("connect to {dest}: IPv6 cannot go through SOCKS4, ENETUNREACH");
-            Verdict::Fail(libc::ENETUNREACH)
+        Route::Block(id) => {
+            error!("connect to {shown} refused: blocked by {} (EACCES)", config.route_name(id));
+            Verdict::Fail(libc::EACCES)
         }
-        Route::Proxy(target) => Verdict::Done(target),
+        Route::Proxy(id) => Verdict::Done(Plan::Proxy { dest: canonical(*dest), name, route: id }),
     }
 }
 
-fn proxied(fd: c_int, config: &Config, dest: SocketAddr, target: SocketAddrV4) -> Verdict<c_int> {
+/// `10.0.0.5:21`, or `files.internal:21` for a placeholder.
+struct Shown<'a>(&'a SocketAddr, Option<&'a str>);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.1 {
+            Some(name) => write!(f, "{name}:{}", self.0.port()),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+/// Resolves the name behind a placeholder here and connects `fd` to it directly (its route says
+/// "direct"). The connect is the real one: a non-blocking socket gets EINPROGRESS as usual.
+///
+/// # Errors
+///
+/// EHOSTUNREACH when the name does not resolve here (one stderr line), or the connect's errno.
+pub fn direct_to_name(fd: c_int, name: &str, port: u16, v6: bool) -> Result<(), sys::Errno> {
+    let addr = super::dns::resolve_here(name, port)?;
+    let Some(addr) = to_family(addr, v6) else {
+        error!("connect to {name}:{port}: it resolves to {addr}, which an IPv4 socket cannot reach");
+        return Err(libc::ENETUNREACH);
+    };
+    debug!("connect to {name}:{port}: direct, to {addr}");
+    sys::connect(fd, &addr)
+}
+
+fn proxied(fd: c_int, config: &Config, dest: SocketAddr, plan: &Plan) -> Verdict<c_int> {
     let registry = registry::global();
     if let Some(SocketState::Connected { .. } | SocketState::Bind(_) | SocketState::Accepted { .. }) = registry.get(fd)
     {
         return Verdict::Fail(libc::EISCONN);
     }
-    match through_proxy(fd, config, dest.is_ipv6(), target) {
+    match through_proxy(fd, config, dest.is_ipv6(), plan) {
         Ok(done) => {
-            registry.connected(fd, dest, target, done.local);
+            registry.connected(fd, dest, done.conn, done.local, done.side_ip);
             Verdict::Done(0)
         }
         Err(e) => Verdict::Fail(e),
     }
 }
 
-/// Connects `fd` (a TCP socket, AF_INET6 when `v6`) to `target` through the SOCKS server: the one
-/// entry point to the proxy for a CONNECT, used by the hooks and by the supervisor. A remote-DNS
-/// placeholder becomes the name it stands for (SOCKS4A). On failure the socket is disconnected
-/// again and one stderr line says why.
+/// Connects `fd` (a TCP socket, AF_INET6 when `v6`) to the destination of `plan` through its
+/// route's upstreams: the one entry point to the proxy for a CONNECT, used by the hooks and by the
+/// supervisor. A remote-DNS placeholder becomes the name it stands for. On failure the socket is
+/// disconnected again and one stderr line says why.
 ///
 /// # Errors
 ///
 /// The errno of the README's table.
-pub fn through_proxy(fd: c_int, config: &Config, v6: bool, target: SocketAddrV4) -> Result<Established, sys::Errno> {
-    let Some(proxy) = proxy_for(config, v6) else {
-        error!("connect to {target}: SOCKS server {} is IPv6 but the socket is IPv4", config.server);
-        return Err(libc::EAFNOSUPPORT);
+pub fn through_proxy(fd: c_int, config: &Config, v6: bool, plan: &Plan) -> Result<Established, sys::Errno> {
+    let Plan::Proxy { dest, name, route } = plan else {
+        return Err(libc::EINVAL);
     };
-    let destination = super::dns::destination(config, *target.ip())?;
-    let request = Request::connect(destination, target.port(), config.user.clone());
-    match socks::exchange(fd, &proxy, &request, config.timeout) {
-        Ok(reply) if reply.code == ReplyCode::Granted => {
-            let local = (!reply.ip.is_unspecified()).then(|| in_family(reply.addr(), v6));
-            debug!("connect to {target} via {}: granted, the destination sees {}", config.server, reply.addr());
-            Ok(Established { local })
-        }
-        Ok(reply) => {
-            sys::disconnect(fd);
-            error!("connect to {target} via {} refused: {}", config.server, reply.code);
-            Err(libc::ECONNREFUSED)
-        }
-        Err(e) => {
-            sys::disconnect(fd);
-            error!("connect to {target} via {} failed: {e}", config.server);
-            Err(e.errno())
-        }
-    }
+    let ask = Ask { command: Command::Connect, dest: *dest, name: name.as_deref(), v6 };
+    let granted = proxy::ask(fd, config, *route, None, &ask)?;
+    let local = granted.reply.addr().filter(|a| !a.ip().is_unspecified()).and_then(|a| to_family(a, v6));
+    let side_ip = match local {
+        Some(l) => Some(canonical(l).ip()),
+        None => sys::local_addr(fd).ok().map(|a| canonical(a).ip()).filter(|ip| !config.is_direct(*ip)),
+    };
+    Ok(Established { local, conn: Conn { dest: *dest, carrier: granted.carrier }, side_ip })
 }

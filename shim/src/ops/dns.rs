@@ -1,18 +1,20 @@
-//! Remote DNS (SOCKS4A): which name lookups the shim answers itself with a placeholder address from
+//! Remote DNS: which name lookups the shim answers itself with a placeholder address from
 //! `dns_pool`, what a placeholder stands for when the program connects to it or asks for its name,
 //! and the `hostent` those answers are laid out in.
 //!
-//! A name is looked up locally (the real libc call) when `remote_dns` is off, when it is a numeric
-//! address, `localhost` (or under it), this host's own name, or in `direct_names`. Every other name
-//! gets a placeholder and never reaches the local resolver: behind a firewall the local resolver
-//! either does not know the name or must not learn it.
+//! A name is looked up locally (the real libc call) when it is a numeric address, `localhost` (or
+//! under it), this host's own name, or in `direct_names`, and when no route it can take needs it
+//! (`route::wants_placeholder`: none sends names to its server, none routes by that name). Every
+//! other name gets a placeholder and never reaches the local resolver here: behind a firewall the
+//! local resolver either does not know the name or must not learn it. The connect to the
+//! placeholder sends the name (SOCKS4A, SOCKS5 ATYP 3), or, if the route it then takes resolves
+//! names locally, resolves it at that moment.
 
 use std::cell::UnsafeCell;
 use std::ffi::{CString, c_char, c_int};
 use std::net::{IpAddr, Ipv4Addr};
 
 use socks4_proto::host;
-use socks4_proto::v4::Destination;
 
 use super::Verdict;
 use crate::config::{self, Config};
@@ -32,19 +34,19 @@ pub const NO_DATA: c_int = 4;
 /// leaking the lookup.
 pub fn lookup(name: &[u8]) -> Verdict<Ipv4Addr> {
     let config = config::get();
-    if !config.remote_dns {
+    if !config.uses_placeholders() {
         return Verdict::Pass;
     }
     let Ok(name) = std::str::from_utf8(name) else {
         error!("lookup of a name that is not UTF-8: refused rather than sent to the local resolver");
         return Verdict::Fail(libc::EINVAL);
     };
-    if is_local_name(config, name, own_host_name().as_deref()) {
+    if is_local_name(config, name, own_host_name().as_deref()) || !crate::route::wants_placeholder(config, name) {
         return Verdict::Pass;
     }
     match dns_pool::placeholder_for(name) {
         Ok(ip) => {
-            debug!("lookup of {name}: placeholder {ip}, the SOCKS server resolves it (SOCKS4A)");
+            debug!("lookup of {name}: placeholder {ip}; the name goes to the connect");
             Verdict::Done(ip)
         }
         Err(e) => {
@@ -248,26 +250,22 @@ fn own_host_name() -> Option<String> {
     name.to_str().ok().map(str::to_owned)
 }
 
-/// What a SOCKS request names for the IPv4 destination `ip`: the name behind a placeholder
-/// (SOCKS4A), or the address itself.
+/// The name behind the placeholder `ip`, for a connect or BIND to it.
 ///
 /// # Errors
 ///
-/// EHOSTUNREACH for a placeholder the shim cannot turn back into a name (remote_dns off, or not
+/// EHOSTUNREACH for a placeholder the shim cannot turn back into a name (remote DNS off, or not
 /// handed out in this process tree): fail closed, never connect to the placeholder itself.
-pub fn destination(config: &Config, ip: Ipv4Addr) -> Result<Destination, Errno> {
-    if !dns_pool::is_placeholder(ip) {
-        return Ok(Destination::Ip(ip));
-    }
-    if !config.remote_dns {
-        error!(
-            "{ip} is a remote-DNS placeholder (240.0.0.0/8) but remote_dns is off: refused (EHOSTUNREACH); \
-             set SOCKS4_REMOTE_DNS=1"
-        );
-        return Err(libc::EHOSTUNREACH);
-    }
+pub fn name_of_placeholder(config: &Config, ip: Ipv4Addr) -> Result<String, Errno> {
     match dns_pool::name_for(ip) {
-        Ok(Some(name)) => Ok(Destination::Name(name)),
+        Ok(Some(name)) => Ok(name),
+        Ok(None) if !config.uses_placeholders() => {
+            error!(
+                "{ip} is a remote-DNS placeholder (240.0.0.0/8) but remote_dns is off: refused (EHOSTUNREACH); \
+                 set SOCKS4_REMOTE_DNS=1 or use a socks4a:// or socks5h:// server"
+            );
+            Err(libc::EHOSTUNREACH)
+        }
         Ok(None) => {
             error!("{ip} is a remote-DNS placeholder this process never handed out: refused (EHOSTUNREACH)");
             Err(libc::EHOSTUNREACH)
@@ -277,6 +275,28 @@ pub fn destination(config: &Config, ip: Ipv4Addr) -> Result<Destination, Errno> 
             Err(libc::EAGAIN)
         }
     }
+}
+
+/// Resolves `name` with the local resolver for a route that resolves names here (`socks4://`,
+/// `socks5://`, "direct"): the first IPv4 address, else the first address.
+///
+/// # Errors
+///
+/// EHOSTUNREACH when it does not resolve (one stderr line).
+pub fn resolve_here(name: &str, port: u16) -> Result<std::net::SocketAddr, Errno> {
+    use std::net::ToSocketAddrs;
+    // Inside the shim this getaddrinfo is the real one: the re-entrancy guard is held.
+    match (name, port).to_socket_addrs() {
+        Ok(addrs) => {
+            let addrs: Vec<_> = addrs.collect();
+            if let Some(a) = addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()) {
+                return Ok(*a);
+            }
+            error!("{name} resolves to no address here (its route resolves names locally): EHOSTUNREACH");
+        }
+        Err(e) => error!("{name} does not resolve here (its route resolves names locally): {e}; EHOSTUNREACH"),
+    }
+    Err(libc::EHOSTUNREACH)
 }
 
 /// The name behind a placeholder, for getnameinfo/gethostbyaddr; Pass for any other address.
@@ -335,7 +355,7 @@ pub fn hostent_in(buf: &mut [u8], name: &str, family: c_int, addr: &[u8]) -> Opt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Partial, merge};
+    use crate::config::{Partial, merge, parse_env};
 
     #[test]
     fn own_host_name_is_the_kernels() {
@@ -344,8 +364,8 @@ mod tests {
     }
 
     fn config(direct_names: &[&str]) -> Config {
-        let mut c = merge(Partial::default(), Partial::default(), || None);
-        c.remote_dns = true;
+        let (env, _) = parse_env(|k| (k == "SOCKS4_SERVER").then(|| "socks4a://10.0.0.1:1080".to_string()));
+        let mut c = merge(Partial::default(), env, || None).unwrap();
         c.direct_names = direct_names.iter().map(|s| s.parse().unwrap()).collect();
         c
     }
@@ -368,22 +388,21 @@ mod tests {
     fn placeholders_become_names_and_other_addresses_stay() {
         let ip = dns_pool::placeholder_for("dest.example").unwrap();
         let c = config(&[]);
-        assert_eq!(destination(&c, ip), Ok(Destination::Name("dest.example".into())));
+        assert!(c.uses_placeholders());
+        assert_eq!(name_of_placeholder(&c, ip), Ok("dest.example".into()));
         let plain = Ipv4Addr::new(10, 0, 0, 1);
-        assert_eq!(destination(&c, plain), Ok(Destination::Ip(plain)));
         assert_eq!(reverse(ip, false), Verdict::Done("dest.example".into()));
         assert_eq!(reverse(ip, true), Verdict::Done("dest".into()));
         assert_eq!(reverse(plain, false), Verdict::Pass);
     }
 
     #[test]
-    fn placeholder_fails_closed_when_off_or_unknown() {
-        let ip = dns_pool::placeholder_for("off.example").unwrap();
-        let mut c = config(&[]);
-        c.remote_dns = false;
-        assert_eq!(destination(&c, ip), Err(libc::EHOSTUNREACH));
+    fn placeholder_never_handed_out_fails_closed() {
         let never = Ipv4Addr::new(240, 0, 15, 255);
-        assert_eq!(destination(&config(&[]), never), Err(libc::EHOSTUNREACH));
+        assert_eq!(name_of_placeholder(&config(&[]), never), Err(libc::EHOSTUNREACH));
+        let off = merge(Partial::default(), Partial::default(), || None).unwrap();
+        assert!(!off.uses_placeholders());
+        assert_eq!(name_of_placeholder(&off, never), Err(libc::EHOSTUNREACH));
     }
 
     #[test]

@@ -2,6 +2,9 @@
 //!
 //! A hook turns the answer into C once: [`Verdict::Pass`] -> the real libc call,
 //! [`Verdict::Done`] -> the return value (and out-parameters), [`Verdict::Fail`] -> errno and -1.
+//! The hooks and the seccomp supervisor reach the upstreams only through `connect::decide`,
+//! `connect::through_proxy`, `bind::through_proxy` and `accept::second_reply`, which go through
+//! [`proxy`]: one implementation of routes, failover, chains and both SOCKS versions for both.
 
 pub mod accept;
 pub mod bind;
@@ -9,11 +12,8 @@ pub mod connect;
 pub mod dns;
 pub mod fds;
 pub mod names;
+pub mod proxy;
 
-use std::net::SocketAddr;
-
-use crate::config::Config;
-use crate::sockaddr::in_family;
 use crate::sys::Errno;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,14 +24,4 @@ pub enum Verdict<T> {
     Done(T),
     /// Handled and failed with this errno.
     Fail(Errno),
-}
-
-/// The SOCKS server's address in the family of the program's socket (IPv4-mapped for AF_INET6).
-/// None: an IPv6 server cannot be reached from an AF_INET socket.
-fn proxy_for(config: &Config, v6: bool) -> Option<SocketAddr> {
-    match config.server {
-        SocketAddr::V4(a) => Some(in_family(a, v6)),
-        SocketAddr::V6(_) if v6 => Some(config.server),
-        SocketAddr::V6(a) => a.ip().to_ipv4_mapped().map(|ip| SocketAddr::new(ip.into(), a.port())),
-    }
 }

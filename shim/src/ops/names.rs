@@ -15,10 +15,12 @@ use crate::registry::{self, SocketState};
 pub fn getsockname(fd: c_int) -> Verdict<SocketAddr> {
     match registry::global().get(fd) {
         Some(SocketState::Connected { local: Some(local), .. }) => Verdict::Done(local),
-        Some(SocketState::FakeBound { addr, conn }) => match request_bind(fd, config::get(), conn, addr.is_ipv6()) {
-            Ok(local) => Verdict::Done(local),
-            Err(e) => Verdict::Fail(e),
-        },
+        Some(SocketState::FakeBound { addr, primary: conn }) => {
+            match request_bind(fd, config::get(), conn, addr.is_ipv6()) {
+                Ok(local) => Verdict::Done(local),
+                Err(e) => Verdict::Fail(e),
+            }
+        }
         Some(SocketState::Bind(bind)) => Verdict::Done(bind.local),
         Some(SocketState::Accepted { local, .. }) => Verdict::Done(local),
         _ => Verdict::Pass,

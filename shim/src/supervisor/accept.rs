@@ -5,15 +5,14 @@
 //! readable when the second reply arrives (Go's netpoller waits exactly so). A non-blocking accept
 //! before then fails with EAGAIN; a blocking one waits on a worker.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::notify::{Answer, Call};
 use super::state::Sock;
 use super::{Supervisor, program};
-use crate::log::{debug, error};
-use crate::ops::accept::{SecondReply, second_reply};
-use crate::sockaddr::in_family;
+use crate::log::debug;
+use crate::ops::accept::{SecondReply, Taken, peer_in_family, second_reply};
 use crate::sys;
 
 pub fn accept(sup: &'static Supervisor, call: Call) -> Option<Answer> {
@@ -65,19 +64,16 @@ enum Step {
 fn step(sup: &Supervisor, call: &Call, fd: &OwnedFd, ino: u64, flags: i32, nonblocking: bool) -> Step {
     let mut st = sup.state.lock();
     let Some(Sock::Bind(bind)) = st.socks.get_mut(&ino) else { return Step::NotOurs };
-    if bind.accepted.is_some() {
-        if nonblocking || bind.accepted.is_some_and(|(was, _)| was) {
-            return Step::Done(Answer::Fail(libc::EAGAIN));
-        }
-        error!("accept on the BIND socket for {}: SOCKS4 BIND carries one connection, already accepted", bind.conn);
-        return Step::Done(Answer::Fail(libc::EINVAL));
+    if let Some(e) = bind.taken.again(nonblocking, bind.primary) {
+        return Step::Done(Answer::Fail(e));
     }
-    let peer: SocketAddrV4 = match bind.granted {
+    let peer: SocketAddr = match bind.granted {
         Some(peer) => peer,
-        None => match second_reply(fd.as_raw_fd(), bind.conn, &mut bind.second, libc::MSG_DONTWAIT) {
+        None => match second_reply(fd.as_raw_fd(), bind.primary, &mut bind.second, libc::MSG_DONTWAIT) {
             SecondReply::Waiting(_) => return Step::Wait,
             SecondReply::Failed(e) => {
-                bind.accepted = Some((nonblocking, in_family(SocketAddrV4::new(0.into(), 0), bind.v6)));
+                bind.taken = Taken::Yes { nonblocking };
+                bind.peer = Some(peer_in_family(SocketAddr::from(([0, 0, 0, 0], 0)), bind.v6));
                 return Step::Done(Answer::Fail(e));
             }
             SecondReply::Granted(peer) => {
@@ -86,7 +82,7 @@ fn step(sup: &Supervisor, call: &Call, fd: &OwnedFd, ino: u64, flags: i32, nonbl
             }
         },
     };
-    let peer = in_family(peer, bind.v6);
+    let peer = peer_in_family(peer, bind.v6);
     if !sup.listener.is_valid(call.id) {
         return Step::Done(Answer::Fail(libc::EINTR));
     }
@@ -105,11 +101,12 @@ fn step(sup: &Supervisor, call: &Call, fd: &OwnedFd, ino: u64, flags: i32, nonbl
     }
     match sup.listener.answer_with_fd(call.id, fd.as_raw_fd(), flags & libc::SOCK_CLOEXEC != 0) {
         Ok(new) => {
-            bind.accepted = Some((nonblocking, peer));
+            bind.taken = Taken::Yes { nonblocking };
+            bind.peer = Some(peer);
             bind.granted = None;
             debug!(
                 "accept on the BIND socket for {}: connection from {peer} on fd {new} of thread {}",
-                bind.conn, call.tid
+                bind.primary, call.tid
             );
             Step::Answered
         }

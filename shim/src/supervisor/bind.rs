@@ -8,6 +8,7 @@ use super::notify::{Answer, Call};
 use super::state::{self, Flight, Sock};
 use super::{Supervisor, program};
 use crate::ops;
+use crate::ops::accept::Taken;
 use crate::ops::bind::BindPlan;
 
 pub fn bind(sup: &'static Supervisor, call: Call) -> Option<Answer> {
@@ -26,7 +27,7 @@ pub fn bind(sup: &'static Supervisor, call: Call) -> Option<Answer> {
             Some(Answer::Continue)
         }
         BindPlan::Fake(conn) => {
-            st.socks.insert(ino, Sock::FakeBound { addr, conn });
+            st.socks.insert(ino, Sock::FakeBound { addr, primary: conn });
             Some(Answer::Value(0))
         }
     }
@@ -71,7 +72,7 @@ pub fn request(
     let (conn, v6, flight) = {
         let mut st = sup.state.lock();
         let (conn, v6) = match st.socks.get(&ino) {
-            Some(Sock::FakeBound { addr, conn }) => (*conn, addr.is_ipv6()),
+            Some(Sock::FakeBound { addr, primary: conn }) => (*conn, addr.is_ipv6()),
             Some(Sock::Binding(flight)) => {
                 // A restarted call: wait for the request under way, then answer from its result.
                 let flight = flight.clone();
@@ -100,11 +101,12 @@ pub fn request(
                     st.socks.insert(
                         ino,
                         Sock::Bind(Box::new(state::Bind {
-                            conn,
+                            primary: conn,
                             local,
                             second: Default::default(),
                             granted: None,
-                            accepted: None,
+                            taken: Taken::No,
+                            peer: None,
                             v6,
                         })),
                     );

@@ -9,6 +9,7 @@ use super::notify::{Answer, Call};
 use super::state::{Flight, Sock};
 use super::{Supervisor, dns, program};
 use crate::log::debug;
+use crate::ops::connect::Plan;
 use crate::ops::{self, Verdict};
 use crate::route::{Route, route};
 
@@ -51,7 +52,10 @@ fn connect_then(sup: &'static Supervisor, call: Call, addr: u64, len: u64, then:
         return None;
     }
     let dns_query = dns::is_nameserver_port(sup, &dest);
-    if route(sup.config, &dest) == Route::Direct && !dns_query {
+    // Plainly direct (not a placeholder, whose route is its name's): the kernel makes the call.
+    let placeholder = crate::sockaddr::ipv4_of(&dest).is_some_and(|a| crate::dns_pool::is_placeholder(*a.ip()));
+    if !placeholder && !dns_query && route(sup.config, &dest, None) == Route::Direct {
+        debug!("connect to {dest}: direct");
         return Some(Answer::Continue);
     }
     let fd = match sup.take_fd(&call) {
@@ -64,7 +68,18 @@ fn connect_then(sup: &'static Supervisor, call: Call, addr: u64, len: u64, then:
     match ops::connect::decide(sup.config, fd.as_raw_fd(), &dest) {
         Verdict::Pass => Some(Answer::Continue),
         Verdict::Fail(e) => Some(Answer::Fail(e)),
-        Verdict::Done(target) => proxied(sup, call, fd, dest, target, then),
+        Verdict::Done(Plan::DirectName { name, port }) => {
+            // The name is resolved here, which may take a while: on a worker.
+            sup.pool.run(move || {
+                let answer = match ops::connect::direct_to_name(fd.as_raw_fd(), &name, port, dest.is_ipv6()) {
+                    Ok(()) => then(sup, call, &fd),
+                    Err(e) => Answer::Fail(e),
+                };
+                sup.listener.answer(call.id, answer);
+            });
+            None
+        }
+        Verdict::Done(plan) => proxied(sup, call, fd, dest, plan, then),
     }
 }
 
@@ -73,7 +88,7 @@ fn proxied(
     call: Call,
     fd: OwnedFd,
     dest: SocketAddr,
-    target: std::net::SocketAddrV4,
+    plan: Plan,
     then: Then,
 ) -> Option<Answer> {
     let ino = match program::inode(&fd) {
@@ -100,12 +115,12 @@ fn proxied(
         }
     };
     sup.pool.run(move || {
-        let result = ops::connect::through_proxy(fd.as_raw_fd(), sup.config, dest.is_ipv6(), target);
+        let result = ops::connect::through_proxy(fd.as_raw_fd(), sup.config, dest.is_ipv6(), &plan);
         {
             let mut state = sup.state.lock();
             match result {
                 Ok(done) => {
-                    state.connected(ino, dest, target, done.local);
+                    state.connected(ino, dest, &done);
                     state.prune_if_large();
                 }
                 Err(_) => {

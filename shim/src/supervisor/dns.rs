@@ -42,7 +42,7 @@ impl Responder {
     /// The responder on loopback, when remote DNS is on; None when it is off (resolvers then talk
     /// to their nameservers as usual) or cannot be set up (said on stderr).
     pub fn start(config: &'static Config) -> Option<&'static Responder> {
-        if !config.remote_dns {
+        if !config.uses_placeholders() {
             return None;
         }
         let (udp, tcp) = match (UdpSocket::bind("127.0.0.1:0"), TcpListener::bind("127.0.0.1:0")) {

@@ -25,7 +25,7 @@ fn lookup(sup: &'static Supervisor, call: &Call, peer: bool) -> Option<(Name, st
     let name = match (sup.state.lock().socks.get(&ino), peer) {
         (Some(Sock::Connected { dest, .. }), true) => Name::Is(*dest),
         (Some(Sock::Connected { local: Some(local), .. }), false) => Name::Is(*local),
-        (Some(Sock::Bind(b)), true) => b.accepted.map_or(Name::Fail(libc::ENOTCONN), |(_, peer)| Name::Is(peer)),
+        (Some(Sock::Bind(b)), true) => b.peer.map_or(Name::Fail(libc::ENOTCONN), Name::Is),
         (Some(Sock::Bind(b)), false) => Name::Is(b.local),
         (Some(Sock::FakeBound { .. }), true) => Name::Fail(libc::ENOTCONN),
         (Some(Sock::FakeBound { .. }), false) => Name::RequestBind,

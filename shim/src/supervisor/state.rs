@@ -4,11 +4,12 @@
 //! are pruned from time to time by looking at the program's descriptor tables.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::sockaddr::ipv4_of;
+use crate::ops::accept::Taken;
+use crate::route::Conn;
 use crate::socks::ReplyProgress;
 use crate::sys::Errno;
 
@@ -38,15 +39,17 @@ impl Flight {
 /// A BIND socket: the first reply is in, the second may be coming.
 #[derive(Debug, Clone)]
 pub struct Bind {
-    /// The destination the BIND request named.
-    pub conn: SocketAddrV4,
+    /// The primary connection (the one to the application server) the BIND request was for.
+    pub primary: Conn,
     /// The first reply's address, in the socket's family (getsockname).
     pub local: SocketAddr,
     pub second: ReplyProgress,
     /// A complete, granted second reply not yet handed to the program (its accept was interrupted).
-    pub granted: Option<SocketAddrV4>,
-    /// Once accepted: whether the socket was non-blocking then, and the peer (getpeername).
-    pub accepted: Option<(bool, SocketAddr)>,
+    pub granted: Option<SocketAddr>,
+    /// Whether accept has taken the one connection yet.
+    pub taken: Taken,
+    /// The peer of the connection taken (getpeername); 0.0.0.0 when the second reply failed.
+    pub peer: Option<SocketAddr>,
     pub v6: bool,
 }
 
@@ -58,7 +61,9 @@ pub enum Sock {
     Connected {
         dest: SocketAddr,
         local: Option<SocketAddr>,
-        target: SocketAddrV4,
+        /// What getsockname shows for it, as in the shim's registry.
+        side_ip: Option<IpAddr>,
+        conn: Conn,
         seq: u64,
     },
     /// Really bound with port 0: a listen() on it may become a BIND.
@@ -68,7 +73,7 @@ pub enum Sock {
     /// bind() to the proxy-side address of a proxied connection: recorded, not done.
     FakeBound {
         addr: SocketAddr,
-        conn: SocketAddrV4,
+        primary: Conn,
     },
     /// A BIND request is being made.
     Binding(Arc<Flight>),
@@ -84,8 +89,8 @@ pub enum Sock {
 pub struct Inner {
     pub socks: HashMap<u64, Sock>,
     seq: u64,
-    /// The destination of the program's most recent proxied CONNECT, even if since closed.
-    pub latest: Option<SocketAddrV4>,
+    /// The program's most recent proxied CONNECT, even if since closed.
+    pub latest: Option<Conn>,
     /// Threads seen calling, whose descriptor tables tell which sockets are still alive.
     tids: HashSet<i32>,
     /// Prune when the table grows past this.
@@ -115,26 +120,23 @@ impl Inner {
         self.tids.insert(tid);
     }
 
-    pub fn connected(&mut self, ino: u64, dest: SocketAddr, target: SocketAddrV4, local: Option<SocketAddr>) {
+    pub fn connected(&mut self, ino: u64, dest: SocketAddr, done: &crate::ops::connect::Established) {
         self.seq += 1;
-        self.latest = Some(target);
-        self.socks.insert(ino, Sock::Connected { dest, local, target, seq: self.seq });
+        self.latest = Some(done.conn);
+        let (local, side_ip, conn) = (done.local, done.side_ip, done.conn);
+        self.socks.insert(ino, Sock::Connected { dest, local, side_ip, conn, seq: self.seq });
     }
 
-    /// The destination of the most recent proxied connection whose proxy-side address is `ip`.
-    pub fn connection_with_local_ip(&self, ip: Ipv4Addr) -> Option<SocketAddrV4> {
+    /// The most recent proxied connection whose proxy-side address is `ip` (canonical).
+    pub fn connection_with_local_ip(&self, ip: IpAddr) -> Option<Conn> {
         self.socks
             .values()
             .filter_map(|s| match s {
-                Sock::Connected { target, local: Some(local), seq, .. }
-                    if ipv4_of(local).is_some_and(|l| *l.ip() == ip) =>
-                {
-                    Some((*seq, *target))
-                }
+                Sock::Connected { conn, side_ip: Some(side), seq, .. } if *side == ip => Some((*seq, *conn)),
                 _ => None,
             })
             .max_by_key(|(seq, _)| *seq)
-            .map(|(_, target)| target)
+            .map(|(_, conn)| conn)
     }
 
     /// Forgets sockets no thread we know of still has open, when the table has grown.

@@ -96,14 +96,20 @@ fn fail(errno: sys::Errno) -> c_int {
     -1
 }
 
-/// Loads the configuration before main, so the first connect does not pay for it, and installs
-/// the fork handlers.
+/// Loads the configuration before main, so the first connect does not pay for it, installs the
+/// fork handlers and maps the tables the program tree shares.
 #[ctor::ctor]
 fn init() {
     note(|| {
         socks4_shim::registry::install_fork_handlers();
-        if socks4_shim::config::get().remote_dns {
+        let config = socks4_shim::config::get();
+        // Both shared tables exist before any fork, so a child's lookups and its findings about
+        // dead upstreams are its parent's too.
+        if config.uses_placeholders() {
             socks4_shim::dns_pool::create();
+        }
+        if !config.broken {
+            socks4_shim::backoff::create();
         }
     });
 }
