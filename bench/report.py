@@ -25,6 +25,11 @@ SUP_HS_VS_SHIM = 0.7
 SUP_TP_VS_SHIM = 0.95
 # Metrics must cost no measurable handshake rate (issue 14).
 METRICS_ON_VS_OFF = 0.97
+# SOCKS5 (issue 11): the handshake targets as SOCKS4's, and the relay as
+# fast as SOCKS4's (the same relay code after a longer handshake).
+HS5_VS_DANTED = 3.0
+HS5_VS_MICROSOCKS = 1.5
+TP5_VS_TP4 = 0.9
 # "RSS back near idle": at most this share of what the relays added is
 # still held after they close (1 MiB slack for noise).
 RETAINED_SHARE = 0.10
@@ -47,6 +52,7 @@ class Run:
         self.tp = defaultdict(list)  # (label, streams) -> [gbit/s per round]
         self.iperf = {}
         self.hs = {}
+        self.udp = {}  # label -> best round by datagrams/s
         self.rss = {}
         self.hold = {}
         self.loop = defaultdict(list)  # plain|shim -> [median ns per run]
@@ -64,6 +70,9 @@ class Run:
                 # Best round by rate, with that round's latencies.
                 if r["label"] not in self.hs or r["per_s"] > self.hs[r["label"]]["per_s"]:
                     self.hs[r["label"]] = r
+            elif k == "udp":
+                if r["label"] not in self.udp or r["per_s"] > self.udp[r["label"]]["per_s"]:
+                    self.udp[r["label"]] = r
             elif k == "rss":
                 self.rss[r["label"]] = r
             elif k == "metrics_check":
@@ -155,7 +164,21 @@ def comparison_rows(run):
     for key, name in (("per_s", "sequential handshakes (/s)"), ("p50_us", "CONNECT latency p50 (us)"),
                       ("p99_us", "CONNECT latency p99 (us)")):
         rows.append((name, {c: run.hs[c][key] if c in run.hs else None for c in COLUMNS}))
+    for streams in (1, 4):
+        rows.append((f"SOCKS5 throughput, {streams} stream{'s' if streams > 1 else ''}, loadgen (Gbit/s)",
+                     {c: run.throughput(socks5_label(c), streams) for c in COLUMNS}))
+    for key, name in (("per_s", "SOCKS5 sequential handshakes (/s)"), ("p50_us", "SOCKS5 CONNECT latency p50 (us)"),
+                      ("p99_us", "SOCKS5 CONNECT latency p99 (us)")):
+        rows.append((name, {c: run.hs[socks5_label(c)][key] if socks5_label(c) in run.hs else None for c in COLUMNS}))
+    udp = {c: run.udp[c]["per_s"] if c in run.udp else None for c in COLUMNS}
+    udp["microsocks"] = "no UDP"
+    rows.append(("SOCKS5 UDP datagrams/s through an association (32 in flight, 64 B)", udp))
     return rows
+
+
+def socks5_label(column):
+    """The label of a column's SOCKS5 measurements: microsocks (SOCKS5 only) and direct as they are."""
+    return column if column in ("direct", "microsocks") else f"{column}-socks5"
 
 
 def table_comparison(run):
@@ -241,6 +264,20 @@ def targets(run):
     note = "" if counted else f" (counted {check['counted'] if check else '?'} of {check['expected'] if check else '?'})"
     out.append((f"handshakes/s: socks4d with metrics >= {METRICS_ON_VS_OFF}x without", fmt(r, "x") + note,
                 r is not None and r >= METRICS_ON_VS_OFF and counted))
+    rate5 = {c: run.hs[socks5_label(c)]["per_s"] if socks5_label(c) in run.hs else None for c in COLUMNS}
+    r = ratio(rate5["socks4d"], rate5["danted"])
+    out.append((f"SOCKS5 handshakes/s: socks4d >= {HS5_VS_DANTED}x danted", fmt(r, "x"),
+                r is not None and r >= HS5_VS_DANTED))
+    r = ratio(rate5["socks4d"], rate5["microsocks"])
+    out.append((f"SOCKS5 handshakes/s: socks4d >= {HS5_VS_MICROSOCKS}x microsocks", fmt(r, "x"),
+                r is not None and r >= HS5_VS_MICROSOCKS))
+    for streams in (1, 4):
+        label = f"SOCKS5 throughput {streams} stream{'s' if streams > 1 else ''}"
+        s5, s4, d5 = (run.throughput(x, streams) for x in ("socks4d-socks5", "socks4d", "danted-socks5"))
+        r = ratio(s5, s4)
+        out.append((f"{label}: socks4d >= {TP5_VS_TP4}x its SOCKS4", fmt(r, "x"), r is not None and r >= TP5_VS_TP4))
+        r = ratio(s5, d5)
+        out.append((f"{label}: socks4d >= {TP_VS_DANTED}x danted", fmt(r, "x"), r is not None and r >= TP_VS_DANTED))
     big = run.idle_big
     k = run.per_relay_kib("socks4d", big)
     hold = run.hold.get(f"socks4d@{big}")
@@ -412,7 +449,7 @@ def main():
         f"- date: {m.get('date', '?')}, git {m.get('git', '?')}",
         f"- machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('mem_gib', '?')} GiB, "
         f"{m.get('os', '?')}, kernel {m.get('kernel', '?')}",
-        f"- peers: danted {m.get('danted', '?')} (SOCKS4, `-N 1`, errors-only log), microsocks "
+        f"- peers: danted {m.get('danted', '?')} (SOCKS4 and SOCKS5, `-N 1`, errors-only log), microsocks "
         f"{m.get('microsocks', '?')} (SOCKS5 only), iperf3 {m.get('iperf3', '?')}; {m.get('rustc', '?')}",
         f"- load average (1 min) at start and end of the run: {m.get('load_start', '?')}, {m.get('load_end', '?')} "
         f"(other work on the machine; {m.get('cores', '?')} cores); run took {m.get('took_s', '?')} s",
@@ -425,6 +462,11 @@ def main():
         "## Comparison",
         "",
         *comp,
+        "",
+        "SOCKS5 rows: the same servers spoken to in SOCKS5 (no authentication; socks4d and danted on the",
+        "same port as their SOCKS4), microsocks as in its other rows. UDP: `loadgen udp`, 64-byte datagrams",
+        "to a UDP echo through one association, 32 in flight, answers counted per second (a lost datagram is",
+        "replaced after 50 ms); direct is the echo without a proxy.",
         "",
         "## Memory with idle relayed connections",
         "",

@@ -1,7 +1,8 @@
 //! Fuzzes socks4d's config parser (`Config::parse` on TOML text): no panic
 //! on any text, every error names the given file and a line inside the
-//! text, and an accepted config printed back (`Display`, what `--check`
-//! shows) parses to the same config.
+//! text (or, for `users_file`, the users file it names), and an accepted
+//! config printed back (`Display`, what `--check` shows) parses to the same
+//! config.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -16,6 +17,11 @@ fuzz_target!(|data: &[u8]| {
                 Ok(again) => assert_eq!(again, config, "printed config differs:\n{printed}\n--- from ---\n{text}"),
                 Err(e) => panic!("printed config does not parse: {e}\n{printed}\n--- from ---\n{text}"),
             }
+        }
+        // A users file the text names (any path on the machine) has lines of its own.
+        Err(ConfigError::Invalid { file, key, .. }) if file != "fuzz.toml" => {
+            assert_eq!(key, "users_file", "an error in {file} that is not the users file's");
+            assert!(text.contains(&file), "error names {file}, which the text does not");
         }
         Err(ConfigError::Invalid { file, line, key, message }) => {
             assert_eq!(file, "fuzz.toml");

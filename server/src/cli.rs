@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-/// A SOCKS4/4A server with access control by client, destination, port,
-/// user id and IDENT.
+/// A SOCKS4/4A and SOCKS5 server with access control by client,
+/// destination, port, user id, login and IDENT.
 ///
 /// Without --config: listens on 127.0.0.1:1080 and serves loopback clients
 /// only.

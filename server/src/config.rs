@@ -5,28 +5,49 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
-use socks4_proto::v4::Command;
 use toml::Spanned;
 
 use crate::privileges::User;
-use crate::rules::{Action, DestPattern, IdentMode, Rule, Rules, UserPattern};
+use crate::rules::{Action, AuthMode, Command, DestPattern, IdentMode, Rule, Rules, UserPattern};
+use crate::users::Users;
 
 /// `busy_poll_us` unless the file says otherwise (see `busy_poll.rs`).
 pub const DEFAULT_BUSY_POLL_US: u32 = 100;
 /// Polling longer than this after each burst of work would mostly burn CPU.
 const MAX_BUSY_POLL_US: u32 = 10_000;
 
-/// Where outgoing connections and BIND listeners live.
+/// Where outgoing connections, BIND listeners and UDP relays toward a
+/// destination live: per address family, a fixed local address, or (`None`)
+/// the local address of the kernel's route to the destination ("auto").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct External {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl External {
+    /// `"auto"` for both families.
+    pub const AUTO: External = External { v4: None, v6: None };
+
+    /// The fixed address for `dest`'s family, if there is one.
+    pub fn for_family(&self, dest: IpAddr) -> Option<IpAddr> {
+        match dest {
+            IpAddr::V4(_) => self.v4.map(IpAddr::V4),
+            IpAddr::V6(_) => self.v6.map(IpAddr::V6),
+        }
+    }
+}
+
+/// Which protocols the listeners speak; the client's first byte picks one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum External {
-    /// The local address of the kernel's route to the destination.
-    Auto,
-    /// A fixed local address.
-    Addr(Ipv4Addr),
+pub struct Protocols {
+    pub socks4: bool,
+    pub socks5: bool,
 }
 
 /// The address BIND replies name instead of the BIND listener's own (a NAT
@@ -52,7 +73,11 @@ impl Advertise {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
+    /// SOCKS4/4A (first byte 4), SOCKS5 (first byte 5), or both.
+    pub protocols: Protocols,
     pub external: External,
+    /// SOCKS5 username/password logins; `None`: only "no authentication".
+    pub users: Option<Arc<Users>>,
     /// Limit on establishing a CONNECT and on waiting for the BIND peer.
     pub connect_timeout: Duration,
     /// A client must have sent its whole request within this time.
@@ -94,7 +119,9 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 1080))],
-            external: External::Auto,
+            protocols: Protocols { socks4: true, socks5: true },
+            external: External::AUTO,
+            users: None,
             connect_timeout: Duration::from_secs(120),
             handshake_timeout: Duration::from_secs(10),
             resolve_timeout: Duration::from_secs(10),
@@ -169,20 +196,25 @@ impl Config {
                 })
                 .collect::<Result<_, _>>()?;
         }
+        if let Some(protocols) = raw.protocols {
+            let list = cx.list(protocols, "protocols", "expected \"socks4\" or \"socks5\"", |s| match s {
+                "socks4" | "socks5" => Some(s.to_string()),
+                _ => None,
+            })?;
+            config.protocols =
+                Protocols { socks4: list.iter().any(|p| p == "socks4"), socks5: list.iter().any(|p| p == "socks5") };
+        }
         if let Some(ext) = raw.external {
-            config.external = match ext.get_ref().as_str() {
-                "auto" => External::Auto,
-                s => {
-                    let ip: Ipv4Addr = s.parse().map_err(|_| {
-                        cx.error(ext.span(), Some("external"), "expected \"auto\" or an IPv4 address".into())
-                    })?;
-                    // Fail at load, not at every CONNECT: the address must be one of this host's.
-                    std::net::UdpSocket::bind((ip, 0)).map_err(|e| {
-                        cx.error(ext.span(), Some("external"), format!("{ip} is not usable on this host: {e}"))
-                    })?;
-                    External::Addr(ip)
+            config.external = cx.external(ext)?;
+        }
+        if let Some(path) = raw.users_file {
+            // Relative to the working directory, as every path socks4d is given.
+            config.users = Some(Arc::new(Users::load(Path::new(path.get_ref())).map_err(|e| match e {
+                ConfigError::Read { file, source } => {
+                    cx.error(path.span(), Some("users_file"), format!("{file}: cannot read: {source}"))
                 }
-            };
+                invalid => invalid,
+            })?));
         }
         for (slot, value, key) in [
             (&mut config.connect_timeout, &raw.connect_timeout, "connect_timeout"),
@@ -306,7 +338,9 @@ pub fn format_duration(d: Duration) -> String {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: Option<Vec<Spanned<String>>>,
-    external: Option<Spanned<String>>,
+    protocols: Option<Vec<Spanned<String>>>,
+    external: Option<Spanned<RawExternal>>,
+    users_file: Option<Spanned<String>>,
     connect_timeout: Option<Spanned<String>>,
     handshake_timeout: Option<Spanned<String>>,
     resolve_timeout: Option<Spanned<String>>,
@@ -319,16 +353,16 @@ struct RawConfig {
     user: Option<Spanned<String>>,
     metrics: Option<Spanned<String>>,
     proxy_protocol_from: Option<Vec<Spanned<String>>>,
-    advertise: Option<Spanned<RawAddresses>>,
+    advertise: Option<Spanned<RawExternal>>,
     max_sessions_per_client: Option<Spanned<i64>>,
     #[serde(default)]
     rule: Vec<RawRule>,
 }
 
-/// `"ADDR"` or `["IPv4", "IPv6"]`.
+/// `external = "auto"`, `"ADDR"`, or `["IPv4", "IPv6"]`; `advertise`: the last two.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum RawAddresses {
+enum RawExternal {
     One(String),
     List(Vec<String>),
 }
@@ -344,6 +378,7 @@ struct RawRule {
     commands: Option<Vec<Spanned<String>>>,
     users: Option<Vec<Spanned<String>>>,
     ident: Option<Spanned<String>>,
+    auth: Option<Spanned<String>>,
 }
 
 /// The text being parsed, for turning byte spans into line numbers.
@@ -396,11 +431,11 @@ impl Cx<'_> {
         if let Some(adv) = &raw.advertise {
             let bad = |m: String| self.error(adv.span(), Some("advertise"), m);
             let words = match adv.get_ref() {
-                RawAddresses::One(s) => vec![s.clone()],
-                RawAddresses::List(l) if l.is_empty() || l.len() > 2 => {
+                RawExternal::One(s) => vec![s.clone()],
+                RawExternal::List(l) if l.is_empty() || l.len() > 2 => {
                     return Err(bad("expected an address, or a list of one IPv4 and one IPv6 address".into()));
                 }
-                RawAddresses::List(l) => l.clone(),
+                RawExternal::List(l) => l.clone(),
             };
             for word in words {
                 let ip: IpAddr = word
@@ -429,6 +464,38 @@ impl Cx<'_> {
         Ok(())
     }
 
+    /// `external`: "auto", one address, or a list of at most one IPv4 and
+    /// one IPv6 address; each must be this host's (checked now, not at every
+    /// CONNECT).
+    fn external(&self, ext: Spanned<RawExternal>) -> Result<External, ConfigError> {
+        let span = ext.span();
+        let bad = |m: String| self.error(span.clone(), Some("external"), m);
+        let words = match ext.into_inner() {
+            RawExternal::One(s) if s == "auto" => return Ok(External::AUTO),
+            RawExternal::One(s) => vec![s],
+            RawExternal::List(l) if l.is_empty() || l.len() > 2 => {
+                return Err(bad("expected a list of one IPv4 and one IPv6 address".into()));
+            }
+            RawExternal::List(l) => l,
+        };
+        let mut external = External::AUTO;
+        for word in words {
+            let ip: IpAddr = word.trim().parse().map_err(|_| {
+                bad(format!("{word:?}: expected \"auto\", an address, or one IPv4 and one IPv6 address"))
+            })?;
+            let ip = ip.to_canonical();
+            std::net::UdpSocket::bind((ip, 0)).map_err(|e| bad(format!("{ip} is not usable on this host: {e}")))?;
+            let taken = match ip {
+                IpAddr::V4(v4) => external.v4.replace(v4).is_some(),
+                IpAddr::V6(v6) => external.v6.replace(v6).is_some(),
+            };
+            if taken {
+                return Err(bad("at most one IPv4 and one IPv6 address".into()));
+            }
+        }
+        Ok(external)
+    }
+
     fn rule(&self, raw: RawRule) -> Result<Rule, ConfigError> {
         let action = Action::from_name(raw.action.get_ref())
             .ok_or_else(|| self.error(raw.action.span(), Some("action"), "expected \"allow\" or \"deny\"".into()))?;
@@ -442,7 +509,7 @@ impl Cx<'_> {
             rule.to = self.list(
                 to,
                 "to",
-                "expected an IPv4 network, an address, a host name, \"*.domain\" or \"*\"",
+                "expected an IPv4 or IPv6 network, an address, a host name, \"*.domain\" or \"*\"",
                 DestPattern::parse,
             )?;
         }
@@ -457,16 +524,18 @@ impl Cx<'_> {
                 .collect::<Result<_, _>>()?;
         }
         if let Some(commands) = raw.commands {
-            rule.commands = self.list(commands, "commands", "expected \"connect\" or \"bind\"", |s| match s {
-                "connect" => Some(Command::Connect),
-                "bind" => Some(Command::Bind),
-                _ => None,
+            rule.commands = self.list(commands, "commands", "expected \"connect\", \"bind\" or \"udp\"", |s| {
+                [Command::Connect, Command::Bind, Command::UdpAssociate].into_iter().find(|c| c.name() == s)
             })?;
         }
         if let Some(users) = raw.users {
             rule.users = self.list(users, "users", "expected a user id or \"*\"", |s| {
                 Some(if s == "*" { UserPattern::Any } else { UserPattern::Exact(s.as_bytes().to_vec()) })
             })?;
+        }
+        if let Some(auth) = raw.auth {
+            rule.auth = AuthMode::from_name(auth.get_ref())
+                .ok_or_else(|| self.error(auth.span(), Some("auth"), "expected \"any\" or \"password\"".into()))?;
         }
         if let Some(ident) = raw.ident {
             rule.ident = IdentMode::from_name(ident.get_ref()).ok_or_else(|| {
@@ -534,9 +603,20 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let listen: Vec<String> = self.listen.iter().map(|a| quote(&a.to_string())).collect();
         writeln!(f, "listen = [{}]", listen.join(", "))?;
+        let protocols: Vec<&str> = [(self.protocols.socks4, "\"socks4\""), (self.protocols.socks5, "\"socks5\"")]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+        writeln!(f, "protocols = [{}]", protocols.join(", "))?;
         match self.external {
-            External::Auto => writeln!(f, "external = \"auto\"")?,
-            External::Addr(a) => writeln!(f, "external = \"{a}\"")?,
+            External { v4: None, v6: None } => writeln!(f, "external = \"auto\"")?,
+            External { v4: Some(a), v6: None } => writeln!(f, "external = \"{a}\"")?,
+            External { v4: None, v6: Some(a) } => writeln!(f, "external = \"{a}\"")?,
+            External { v4: Some(a), v6: Some(b) } => writeln!(f, "external = [\"{a}\", \"{b}\"]")?,
+        }
+        match &self.users {
+            Some(u) => writeln!(f, "users_file = {}  # {} users", quote(&u.path.display().to_string()), u.len())?,
+            None => writeln!(f, "# users_file: not set (SOCKS5 offers no username/password login)")?,
         }
         writeln!(f, "connect_timeout = \"{}\"", format_duration(self.connect_timeout))?;
         writeln!(f, "handshake_timeout = \"{}\"", format_duration(self.handshake_timeout))?;
@@ -628,7 +708,7 @@ ident = "match"
         )
         .unwrap();
         assert_eq!(c.listen.len(), 2);
-        assert_eq!(c.external, External::Addr(Ipv4Addr::new(127, 0, 0, 2)));
+        assert_eq!(c.external, External { v4: Some(Ipv4Addr::new(127, 0, 0, 2)), v6: None });
         assert_eq!(c.connect_timeout, Duration::from_secs(120));
         assert_eq!(c.handshake_timeout, Duration::from_millis(500));
         assert_eq!(c.ident_port, 1113);
@@ -659,13 +739,24 @@ ident = "match"
         assert_eq!(invalid("[[rule]]\naction = \"allow\"\nports = [-1]\n").1, "ports");
         assert_eq!(invalid("[[rule]]\naction = \"maybe\"\n").1, "action");
         assert_eq!(invalid("[[rule]]\naction = \"allow\"\nident = \"yes\"\n").0, 3);
-        assert_eq!(invalid("[[rule]]\naction = \"allow\"\nto = [\"::/0\"]\n").1, "to");
-        assert_eq!(invalid("[[rule]]\naction = \"allow\"\ncommands = [\"udp\"]\n").1, "commands");
+        assert_eq!(invalid("[[rule]]\naction = \"allow\"\nto = [\"::/200\"]\n").1, "to");
+        assert_eq!(invalid("[[rule]]\naction = \"allow\"\ncommands = [\"udp4\"]\n").1, "commands");
+        assert_eq!(
+            invalid("[[rule]]\naction = \"allow\"\nauth = \"maybe\"\n"),
+            (3, "auth".into(), invalid("[[rule]]\naction = \"allow\"\nauth = \"x\"\n").2)
+        );
+        assert_eq!(invalid("protocols = [\"socks6\"]\n").1, "protocols");
+        assert_eq!(invalid("protocols = []\n").1, "protocols");
+        assert_eq!(invalid("\nusers_file = \"/nonexistent/users\"\n").0, 2);
+        assert_eq!(invalid("users_file = \"/dev/zero\"\n").1, "users_file");
         assert_eq!(invalid("[[rule]]\naction = \"allow\"\nusers = []\n").1, "users");
         assert_eq!(invalid("max_connections = 0\n").1, "max_connections");
         assert_eq!(invalid("busy_poll_us = 10001\n").1, "busy_poll_us");
         assert_eq!(invalid("busy_poll_us = -1\n").1, "busy_poll_us");
-        assert_eq!(invalid("external = \"::1\"\n").1, "external");
+        assert_eq!(invalid("external = \"::1.2\"\n").1, "external");
+        assert_eq!(invalid("external = [\"127.0.0.1\", \"127.0.0.2\"]\n").1, "external");
+        assert_eq!(invalid("external = []\n").1, "external");
+        assert_eq!(invalid("external = 7\n").1, "external");
         let (line, key, msg) = invalid("\nuser = \"no-such-user-socks4d\"\n");
         assert_eq!((line, key.as_str()), (2, "user"), "{msg}");
         assert!(msg.contains("no such user"), "{msg}");
@@ -771,6 +862,42 @@ ident = "match"
         assert!(parse_duration("99999999999999999999999s").is_err());
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
         assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+    }
+
+    #[test]
+    fn external_per_family() {
+        let c = Config::parse("external = [\"::1\", \"127.0.0.2\"]", "t.toml").unwrap();
+        let want = External { v4: Some(Ipv4Addr::new(127, 0, 0, 2)), v6: Some(Ipv6Addr::LOCALHOST) };
+        assert_eq!(c.external, want);
+        assert_eq!(c.external.for_family("10.0.0.1".parse().unwrap()), Some("127.0.0.2".parse().unwrap()));
+        assert_eq!(c.external.for_family("2001:db8::1".parse().unwrap()), Some("::1".parse().unwrap()));
+        assert!(c.to_string().contains("external = [\"127.0.0.2\", \"::1\"]\n"), "{c}");
+        assert_eq!(Config::parse(&c.to_string(), "t.toml").unwrap(), c);
+        let c = Config::parse("external = \"::1\"", "t.toml").unwrap();
+        assert_eq!(c.external, External { v4: None, v6: Some(Ipv6Addr::LOCALHOST) });
+        assert_eq!(Config::parse(&c.to_string(), "t.toml").unwrap(), c);
+    }
+
+    #[test]
+    fn users_file_and_protocols_round_trip() {
+        let dir = std::env::temp_dir().join(format!("socks4d-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let users = dir.join("users");
+        std::fs::write(&users, "fred:$2y$05$0cURcgVZ4lxAQ450..dGAeCZDnIKrJDHZroKJFVzmjSMIUYm/vVOS\nbad line\n")
+            .unwrap();
+        let text = format!("protocols = [\"socks5\"]\nusers_file = {}\n", quote(&users.display().to_string()));
+        match Config::parse(&text, "t.toml") {
+            Err(ConfigError::Invalid { file, line, key, .. }) => {
+                assert_eq!((file, line, key.as_str()), (users.display().to_string(), 2, "users_file"));
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::write(&users, "fred:$2y$05$0cURcgVZ4lxAQ450..dGAeCZDnIKrJDHZroKJFVzmjSMIUYm/vVOS\n").unwrap();
+        let c = Config::parse(&text, "t.toml").unwrap();
+        assert_eq!(c.protocols, Protocols { socks4: false, socks5: true });
+        assert_eq!(c.users.as_ref().map(|u| u.len()), Some(1));
+        assert_eq!(Config::parse(&c.to_string(), "t.toml").unwrap(), c);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! socks4-server: the SOCKS4/4A server library behind `socks4d`.
+//! socks4-server: the SOCKS4/4A and SOCKS5 server library behind `socks4d`.
 //!
 //! [`Server`] runs in-process (tests use it on `127.0.0.1:0`);
 //! [`run_daemon`] adds what the binary needs (stdout `listening` lines,
@@ -21,8 +21,10 @@ pub mod session;
 #[cfg(target_os = "linux")]
 mod splice;
 pub mod systemd;
+pub mod udp;
+pub mod users;
 mod workers;
 
-pub use config::{Config, ConfigError, External};
+pub use config::{Config, ConfigError, External, Protocols};
 pub use rules::{Decision, Query, Rules, evaluate};
 pub use server::{Server, run_daemon};

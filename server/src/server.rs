@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use socks4_proto::v4::{Reply, ReplyCode};
+use socks4_proto::v5;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
@@ -31,6 +32,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Clients over `max_connections` being refused at the same time; beyond
 /// this they are dropped without a reply.
 const MAX_REFUSING: usize = 256;
+/// How long a client over the cap may take to say which protocol it speaks;
+/// one that says nothing gets SOCKS4's 91.
+const FIRST_BYTE_WAIT: Duration = Duration::from_millis(200);
 
 /// The configuration new sessions get, with its rules' counters.
 pub(crate) struct Live {
@@ -381,7 +385,9 @@ fn set_listener_nodelay(_: &TcpListener) -> bool {
     false
 }
 
-/// Answers 91 to a client over the session cap, in a small bounded task.
+/// Refuses a client over the session cap, in a small bounded task: a SOCKS5
+/// client (its first byte, if it comes within `FIRST_BYTE_WAIT`, is 5) gets
+/// "no acceptable method", anyone else SOCKS4's 91.
 fn refuse_over_cap(mut stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
     if let Some(metrics) = &shared.metrics {
         metrics.refused(Refusal::MaxConnections);
@@ -390,10 +396,18 @@ fn refuse_over_cap(mut stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>
         shared.refusing.fetch_sub(1, Ordering::SeqCst);
         return;
     }
-    tracing::warn!(peer = %peer, reply = 91, "max_connections reached: refused");
     let shared = shared.clone();
     tokio::spawn(async move {
-        let reply = Reply::code_only(ReplyCode::Rejected).to_bytes();
+        let mut first = [0u8; 1];
+        let socks5 = matches!(tokio::time::timeout(FIRST_BYTE_WAIT, stream.peek(&mut first)).await, Ok(Ok(1)))
+            && first[0] == v5::VERSION;
+        let reply = if socks5 {
+            tracing::warn!(peer = %peer, proto = "socks5", "max_connections reached: refused");
+            v5::MethodSelection::new(v5::Method::NoAcceptable).to_bytes().to_vec()
+        } else {
+            tracing::warn!(peer = %peer, reply = 91, "max_connections reached: refused");
+            Reply::code_only(ReplyCode::Rejected).to_bytes().to_vec()
+        };
         if tokio::time::timeout(Duration::from_secs(1), stream.write_all(&reply)).await.is_ok_and(|r| r.is_ok()) {
             session::linger_close(&mut stream).await;
         }

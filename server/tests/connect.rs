@@ -166,7 +166,13 @@ async fn unknown_command_gets_91() {
 #[tokio::test]
 async fn bad_version_is_closed_without_reply() {
     let (_server, proxy) = start(OPEN).await;
-    // A SOCKS5 greeting: not ours, and it could not parse a SOCKS4 reply.
+    // Neither SOCKS4 nor SOCKS5: it could not parse a reply of ours.
+    for bytes in [&b"\x06\x01\x00"[..], b"\x00\x01\x00\x50\x7f\x00\x00\x01\0", b"GET / HTTP/1.0\r\n\r\n"] {
+        let mut c = send(proxy, bytes).await;
+        expect_closed(&mut c).await;
+    }
+    // With SOCKS5 turned off, a SOCKS5 greeting is such a client too.
+    let (_server, proxy) = start(&format!("protocols = [\"socks4\"]\n{OPEN}")).await;
     let mut c = send(proxy, b"\x05\x01\x00").await;
     expect_closed(&mut c).await;
 }

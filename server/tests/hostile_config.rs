@@ -6,6 +6,7 @@
 
 mod hostile_support;
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -221,4 +222,66 @@ fn log_filter_regex_cannot_blow_up() {
     };
     let status = status.expect("socks4d --check still running after 10 s");
     assert!(matches!(status.code(), Some(0 | 2)), "socks4d --check ended with {status}");
+}
+
+/// A users file (htpasswd -B) with a bad line is named with its own line,
+/// at start (`--check`, exit 2) and by SIGHUP, which keeps the old config
+/// and its users: fred can still log in. `--check` prints the new keys.
+#[test]
+fn bad_users_file_is_named_and_sighup_keeps_the_old_users() {
+    let dir = Dir::new("users");
+    let users = dir.0.join("users");
+    let out = Command::new("htpasswd").args(["-B", "-b", "-c"]).arg(&users).args(["fred", "s3cret"]).output();
+    assert!(out.expect("htpasswd (apache2-utils)").status.success());
+    let good = std::fs::read_to_string(&users).unwrap();
+    let text = format!(
+        "protocols = [\"socks5\"]\nexternal = [\"127.0.0.1\", \"::1\"]\nusers_file = \"{}\"\n\
+         [[rule]]\naction = \"allow\"\nauth = \"password\"\nfrom = [\"127.0.0.0/8\"]\ncommands = [\"connect\", \"udp\"]\n",
+        users.display()
+    );
+    let path = dir.write("socks4d.toml", text.as_bytes());
+    let out = check(&path);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for want in [
+        "protocols = [\"socks5\"]\n",
+        "external = [\"127.0.0.1\", \"::1\"]\n",
+        &format!("users_file = \"{}\"  # 1 users\n", users.display()),
+        "auth = \"password\"\n",
+        "commands = [\"connect\", \"udp\"]\n",
+    ] {
+        assert!(out.stdout.contains(want), "--check lacks {want:?}:\n{}", out.stdout);
+    }
+    assert!(!out.stdout.contains("$2y$"), "--check prints no hash:\n{}", out.stdout);
+
+    std::fs::write(&users, format!("{good}bob:plaintext\n")).unwrap();
+    let out = check(&path);
+    assert_eq!(out.code, Some(2));
+    assert!(
+        out.stderr.contains(&format!("{}:2: users_file: user \"bob\": not a bcrypt hash", users.display())),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("plaintext"), "the bad line's secret is not echoed: {}", out.stderr);
+
+    // The running server: started with the good file, then SIGHUP with the bad one.
+    std::fs::write(&users, &good).unwrap();
+    let d = Daemon::start(&text);
+    let login = |proxy| {
+        let mut s = client(proxy);
+        s.write_all(b"\x05\x01\x02\x01\x04fred\x06s3cret").unwrap();
+        let mut got = [0u8; 4];
+        s.read_exact(&mut got).unwrap();
+        got
+    };
+    assert_eq!(login(d.addr), [5, 2, 1, 0]);
+    std::fs::write(&users, format!("{good}bob:plaintext\n")).unwrap();
+    let status = Command::new("kill").arg("-HUP").arg(d.pid().to_string()).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !d.log().contains("bad config, keeping the old one") {
+        assert!(Instant::now() < deadline, "SIGHUP not logged as a bad config:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(d.log().contains(&format!("{}:2: users_file", users.display())), "{}", d.log());
+    assert_eq!(login(d.addr), [5, 2, 1, 0], "the old users still log in");
 }

@@ -255,3 +255,49 @@ async fn real_oidentd_reports_our_user() {
     let mut c = send(proxy, &request(1, dest, b"not-the-owner", None)).await;
     assert_eq!(read_reply(&mut c).await, [0, 93, 0, 0, 0, 0, 0, 0]);
 }
+
+/// SOCKS5 clients meet the same IDENT checks: `require` asks identd and
+/// grants; `match` compares identd's answer with the login name (empty
+/// without a login), and a failure is 0x02 and a close. A UDP association
+/// runs the check its rules ask for too.
+#[tokio::test]
+async fn socks5_sessions_are_checked_too() {
+    let (port, mut seen) = identd(|q| format!("{q} : USERID : UNIX : someone\r\n")).await;
+    let (dest, _d) = echo_server(Ipv4Addr::LOCALHOST).await;
+    let mut connect = vec![5, 1, 0, 1];
+    connect.extend_from_slice(&dest.ip().octets());
+    connect.extend_from_slice(&dest.port().to_be_bytes());
+    let greet = |proxy| async move {
+        let mut c = send(proxy, b"\x05\x01\x00").await;
+        assert_eq!(read_n(&mut c, 2).await, [5, 0]);
+        c
+    };
+
+    let (_server, proxy) = start(&config(port, "require")).await;
+    let mut c = greet(proxy).await;
+    c.write_all(&connect).await.unwrap();
+    assert_eq!(read_n(&mut c, 2).await, [5, 0], "require: identd answered");
+    let (_, query) = tokio::time::timeout(Duration::from_secs(5), seen.recv()).await.unwrap().unwrap();
+    assert_eq!(query, format!("{} , {}\r\n", c.local_addr().unwrap().port(), proxy.port()));
+    // UDP ASSOCIATE under the same rule: IDENT asked, association granted.
+    let mut c = greet(proxy).await;
+    c.write_all(b"\x05\x03\x00\x01\x00\x00\x00\x00\x00\x00").await.unwrap();
+    assert_eq!(read_n(&mut c, 2).await, [5, 0], "udp: identd answered");
+    assert!(tokio::time::timeout(Duration::from_secs(5), seen.recv()).await.unwrap().is_some());
+
+    // match: identd says "someone", the session has no login: refused.
+    let (_server, proxy) = start(&config(port, "match")).await;
+    let mut c = greet(proxy).await;
+    c.write_all(&connect).await.unwrap();
+    assert_eq!(read_n(&mut c, 10).await, [5, 2, 0, 1, 0, 0, 0, 0, 0, 0]);
+    expect_closed(&mut c).await;
+
+    // require with no identd: refused, for CONNECT and for UDP.
+    let (_server, proxy) = start(&config(closed_port().port(), "require")).await;
+    for request in [connect.clone(), b"\x05\x03\x00\x01\x00\x00\x00\x00\x00\x00".to_vec()] {
+        let mut c = greet(proxy).await;
+        c.write_all(&request).await.unwrap();
+        assert_eq!(read_n(&mut c, 10).await, [5, 2, 0, 1, 0, 0, 0, 0, 0, 0], "{request:?}");
+        expect_closed(&mut c).await;
+    }
+}

@@ -566,3 +566,51 @@ fn refusals_say_why_in_the_log_line() {
     let line = session_line(&daemon, 1);
     assert!(line.ends_with("reason=refused by rules") && line.contains("rule=0:no-ten"), "{line}");
 }
+
+/// A SOCKS5 UDP association lives through the drain while its datagrams
+/// flow, is cut at drain_timeout, and still gets its line with the counts.
+#[test]
+fn sigterm_drains_a_udp_association() {
+    let dir = TempDir::new("term-udp");
+    let path = dir.write("c.toml", ALLOW);
+    let mut daemon = Daemon::start(&dir, &path);
+    let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    echo.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    let mut control = TcpStream::connect(daemon.addr).unwrap();
+    control.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    control.write_all(b"\x05\x01\x00\x05\x03\x00\x01\x00\x00\x00\x00\x00\x00").unwrap();
+    let mut reply = [0u8; 12];
+    control.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[..6], [5, 0, 5, 0, 0, 1]);
+    let relay =
+        SocketAddr::from(([reply[6], reply[7], reply[8], reply[9]], u16::from_be_bytes([reply[10], reply[11]])));
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut datagram = vec![0, 0, 0, 1, 127, 0, 0, 1];
+    datagram.extend_from_slice(&echo_addr.port().to_be_bytes());
+    datagram.extend_from_slice(b"ping");
+    let round_trip = |n: usize| {
+        for _ in 0..n {
+            client.send_to(&datagram, relay).unwrap();
+            let mut buf = [0u8; 64];
+            let (len, from) = echo.recv_from(&mut buf).expect("datagram at the echo");
+            echo.send_to(&buf[..len], from).unwrap();
+            let (len, _) = client.recv_from(&mut buf).expect("answer through the relay");
+            assert_eq!(&buf[..len], &datagram[..]);
+        }
+    };
+    round_trip(2);
+    let started = Instant::now();
+    daemon.signal("-TERM");
+    std::thread::sleep(Duration::from_millis(200));
+    round_trip(1);
+    let status = daemon.wait_exit(Duration::from_secs(5)).expect("exit after drain");
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let log = daemon.log();
+    let line = log.lines().find(|l| l.contains("cut: server stopping")).unwrap_or_else(|| panic!("no line:\n{log}"));
+    for want in ["proto=\"socks5\"", "command=udp", "reply=0", "datagrams_up=3", "datagrams_down=3", "bytes_up=12"] {
+        assert!(line.contains(want), "{want} missing in {line}");
+    }
+}

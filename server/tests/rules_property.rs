@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use hostile_support::*;
 use proptest::prelude::*;
-use socks4_proto::v4::Command;
 use socks4_server::Config;
-use socks4_server::rules::{Action, Query, evaluate, may_allow};
+use socks4_server::rules::{Action, Command, Query, evaluate, may_allow, udp_ident_modes};
 
 // ---------------------------------------------------------------------------
 // The model: rule sets as the test sees them, rendered to TOML.
@@ -29,6 +28,7 @@ enum Net {
 enum Dest {
     Any,
     Net(Ipv4Addr, u8),
+    Net6(Ipv6Addr, u8),
     /// Exactly as written in the file (case kept: matching ignores case).
     Host(String),
     /// The domain after `*.`.
@@ -43,6 +43,8 @@ struct ModelRule {
     ports: Option<Vec<(u16, u16)>>,
     commands: Option<Vec<Command>>,
     users: Option<Vec<Option<String>>>, // None = "*"
+    /// `auth = "password"` (Some(true)), `"any"` (Some(false)), or left out.
+    password: Option<bool>,
 }
 
 fn render(rules: &[ModelRule]) -> String {
@@ -69,6 +71,8 @@ fn render(rules: &[ModelRule]) -> String {
                     Dest::Any => "*".to_string(),
                     Dest::Net(ip, 32) => ip.to_string(),
                     Dest::Net(ip, p) => format!("{ip}/{p}"),
+                    Dest::Net6(ip, 128) => ip.to_string(),
+                    Dest::Net6(ip, p) => format!("{ip}/{p}"),
                     Dest::Host(h) => h.clone(),
                     Dest::Suffix(s) => format!("*.{s}"),
                 })
@@ -89,6 +93,9 @@ fn render(rules: &[ModelRule]) -> String {
         if let Some(users) = &r.users {
             out += &format!("users = [{}]\n", list(users.iter().map(|u| u.clone().unwrap_or("*".into())).collect()));
         }
+        if let Some(password) = r.password {
+            out += &format!("auth = \"{}\"\n", if password { "password" } else { "any" });
+        }
     }
     out
 }
@@ -98,9 +105,13 @@ fn render(rules: &[ModelRule]) -> String {
 // rule whose every key matches decides; no match refuses. A key left out
 // matches everything (`ports`: 0-65535; port 0 is a BIND without a primary
 // port, CONNECT to port 0 is refused before the rules).
-// An IPv4-mapped IPv6 client counts as IPv4. A `to` entry matches a SOCKS4A
-// request if it matches the name or the resolved address. Host names match
-// without regard to case; `*.d` matches names strictly below d.
+// An IPv4-mapped IPv6 client counts as IPv4, and so does an IPv4-mapped
+// destination (`::ffff:10.1.2.3` is 10.1.2.3, for IPv4 networks only). A
+// `to` entry matches a request with a name if it matches the name or the
+// resolved address. Host names match without regard to case; `*.d` matches
+// names strictly below d. `auth = "password"` matches only sessions that
+// logged in (a SOCKS4 USERID never does); a rule without `commands` has
+// connect, bind and udp.
 
 fn in_v4(ip: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
     let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
@@ -112,14 +123,22 @@ fn in_v6(ip: Ipv6Addr, net: Ipv6Addr, prefix: u8) -> bool {
     u128::from(ip) & mask == u128::from(net) & mask
 }
 
+fn unmap(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    match ip.octets() {
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d] => Some(Ipv4Addr::new(a, b, c, d)),
+        _ => None,
+    }
+}
+
 fn reference(rules: &[ModelRule], q: &Query<'_>) -> (bool, Option<usize>) {
     let client = match q.client {
-        IpAddr::V6(v6) => match v6.octets() {
-            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d] => IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
-            _ => q.client,
-        },
+        IpAddr::V6(v6) => unmap(v6).map_or(q.client, IpAddr::V4),
         v4 => v4,
     };
+    let dest = q.ip.map(|ip| match ip {
+        IpAddr::V6(v6) => unmap(v6).map_or(ip, IpAddr::V4),
+        v4 => v4,
+    });
     let lower = q.name.map(str::to_ascii_lowercase);
     for (i, r) in rules.iter().enumerate() {
         let from = r.from.as_ref().is_none_or(|nets| {
@@ -132,7 +151,8 @@ fn reference(rules: &[ModelRule], q: &Query<'_>) -> (bool, Option<usize>) {
         let to = r.to.as_ref().is_none_or(|dests| {
             dests.iter().any(|d| match d {
                 Dest::Any => true,
-                Dest::Net(net, p) => q.ip.is_some_and(|ip| in_v4(ip, *net, *p)),
+                Dest::Net(net, p) => matches!(dest, Some(IpAddr::V4(ip)) if in_v4(ip, *net, *p)),
+                Dest::Net6(net, p) => matches!(dest, Some(IpAddr::V6(ip)) if in_v6(ip, *net, *p)),
                 Dest::Host(h) => lower.as_deref() == Some(h.to_ascii_lowercase().as_str()),
                 Dest::Suffix(s) => lower.as_deref().is_some_and(|n| {
                     let tail = format!(".{}", s.to_ascii_lowercase());
@@ -146,7 +166,8 @@ fn reference(rules: &[ModelRule], q: &Query<'_>) -> (bool, Option<usize>) {
             .users
             .as_ref() // "*" in the file means any user id, even written as a user.
             .is_none_or(|us| us.iter().any(|u| u.as_deref().is_none_or(|u| u == "*" || u.as_bytes() == q.user)));
-        if from && to && ports && command && user {
+        let auth = r.password != Some(true) || q.authenticated;
+        if from && to && ports && command && user && auth {
             return (r.allow, Some(i));
         }
     }
@@ -174,6 +195,12 @@ fn v4() -> impl Strategy<Value = Ipv4Addr> {
     prop_oneof![prop::sample::select(V4_POOL).prop_map(Ipv4Addr::from), any::<u32>().prop_map(Ipv4Addr::from)]
 }
 
+const V6_POOL: &[&str] = &["::1", "2001:db8::1", "2001:db8:1::7", "fe80::1", "::", "2001:db9::1"];
+
+fn v6() -> impl Strategy<Value = Ipv6Addr> {
+    prop_oneof![prop::sample::select(V6_POOL).prop_map(|s| s.parse().unwrap()), any::<u128>().prop_map(Ipv6Addr::from),]
+}
+
 fn net() -> impl Strategy<Value = Net> {
     prop_oneof![
         4 => (v4(), prop::sample::select(&[0u8, 8, 16, 24, 30, 32][..])).prop_map(|(ip, p)| Net::V4(ip, p)),
@@ -186,6 +213,7 @@ fn dest() -> impl Strategy<Value = Dest> {
     prop_oneof![
         1 => Just(Dest::Any),
         4 => (v4(), prop::sample::select(&[0u8, 8, 16, 24, 32][..])).prop_map(|(ip, p)| Dest::Net(ip, p)),
+        2 => (v6(), prop::sample::select(&[0u8, 16, 32, 64, 127, 128][..])).prop_map(|(ip, p)| Dest::Net6(ip, p)),
         2 => prop::sample::select(&["localhost", "LocalHost", "files.internal", "example.com"][..])
             .prop_map(|h| Dest::Host(h.into())),
         2 => prop::sample::select(&["example.com", "Example.com", "com", "c.example.com"][..])
@@ -210,16 +238,18 @@ fn rule() -> impl Strategy<Value = ModelRule> {
         list(net()),
         list(dest()),
         list(port_range()),
-        list(prop::sample::select(&[Command::Connect, Command::Bind][..])),
+        list(prop::sample::select(&[Command::Connect, Command::Bind, Command::UdpAssociate][..])),
         list(prop::option::weighted(0.8, prop::sample::select(USERS).prop_map(String::from))),
+        prop::option::weighted(0.4, any::<bool>()),
     )
-        .prop_map(|(allow, from, to, ports, commands, users)| ModelRule {
+        .prop_map(|(allow, from, to, ports, commands, users, password)| ModelRule {
             allow,
             from,
             to,
             ports,
             commands,
             users,
+            password,
         })
 }
 
@@ -229,8 +259,9 @@ struct ModelQuery {
     command: Command,
     port: u16,
     name: Option<String>,
-    ip: Option<Ipv4Addr>,
+    ip: Option<IpAddr>,
     user: Vec<u8>,
+    authenticated: bool,
 }
 
 fn query() -> impl Strategy<Value = ModelQuery> {
@@ -243,15 +274,29 @@ fn query() -> impl Strategy<Value = ModelQuery> {
         4 => prop::sample::select(USERS).prop_map(|u| u.as_bytes().to_vec()),
         1 => Just(b"\xfffred".to_vec()),
     ];
+    let dest = prop_oneof![
+        4 => v4().prop_map(IpAddr::V4),
+        1 => v4().prop_map(|ip| IpAddr::V6(ip.to_ipv6_mapped())),
+        2 => v6().prop_map(IpAddr::V6),
+    ];
     (
         client,
-        prop::sample::select(&[Command::Connect, Command::Bind][..]),
+        prop::sample::select(&[Command::Connect, Command::Bind, Command::UdpAssociate][..]),
         prop_oneof![prop::sample::select(&[0u16, 1, 21, 80, 100, 1023, 1024, 65535][..]), any::<u16>()],
         prop::option::of(prop::sample::select(NAMES).prop_map(String::from)),
-        prop::option::weighted(0.9, v4()),
+        prop::option::weighted(0.9, dest),
         user,
+        any::<bool>(),
     )
-        .prop_map(|(client, command, port, name, ip, user)| ModelQuery { client, command, port, name, ip, user })
+        .prop_map(|(client, command, port, name, ip, user, authenticated)| ModelQuery {
+            client,
+            command,
+            port,
+            name,
+            ip,
+            user,
+            authenticated,
+        })
 }
 
 proptest! {
@@ -271,6 +316,7 @@ proptest! {
                 name: mq.name.as_deref(),
                 ip: mq.ip,
                 user: &mq.user,
+                authenticated: mq.authenticated,
             };
             let got = evaluate(&config.rules, &q);
             let (allow, rule) = reference(&rules, &q);
@@ -284,6 +330,15 @@ proptest! {
             if got.action == Action::Allow && mq.name.is_some() {
                 let pre = Query { ip: None, ..q };
                 prop_assert!(may_allow(&config.rules, &pre), "may_allow false but {:?} allowed\n{}", mq, toml);
+            }
+            // Nor may a UDP association's check, which knows neither
+            // destination nor port, refuse a datagram evaluate allows.
+            if got.action == Action::Allow {
+                let pre = Query { ip: None, name: None, port: 0, ..q };
+                prop_assert!(
+                    udp_ident_modes(&config.rules, &pre).any(|m| m == got.ident),
+                    "udp_ident_modes misses {:?}\n{}", mq, toml
+                );
             }
         }
     }

@@ -36,7 +36,7 @@ pub use process::{ChildGuard, RunOutput, free_port, run_with_timeout, wait_for_t
 pub use scenario::ActiveFtp;
 pub use shim::{shim_command, shim_env, socks4_run_command, supervise_command};
 pub use socks4d::{Socks4d, Socks4dOptions};
-pub use socksify::socksify_command;
+pub use socksify::{socksify_command, socksify_command_with};
 pub use sshd::{SSH_SOCKS_PORT, SshSocks};
 pub use tempdir::TempDir;
 pub use vsftpd::Vsftpd;

@@ -1,6 +1,7 @@
 //! The load generator behind `scripts/bench`: relay throughput, sequential
-//! handshake latency and idle-connection memory, through SOCKS4 (socks4d,
-//! danted), SOCKS5 (microsocks) or no proxy at all, on loopback only.
+//! handshake latency, idle-connection memory and UDP datagram rate, through
+//! SOCKS4 or SOCKS5 (socks4d, danted, microsocks) or no proxy at all, on
+//! loopback only.
 //!
 //! Blocking sockets and one thread per stream: the generator must not be the
 //! bottleneck it measures, and on loopback a few threads are cheaper than a
@@ -12,6 +13,7 @@ pub mod proxy;
 pub mod rss;
 pub mod stats;
 pub mod throughput;
+pub mod udp;
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, TcpListener};

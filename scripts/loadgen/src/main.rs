@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use socks4_loadgen::proxy::Proxy;
-use socks4_loadgen::{handshake, hold, rss, throughput};
+use socks4_loadgen::{handshake, hold, rss, throughput, udp};
 
 #[derive(Parser)]
 #[command(about = "Load generator for scripts/bench (loopback only)")]
@@ -59,6 +59,22 @@ enum Command {
         parallel: usize,
         #[arg(long, default_value_t = 60.0)]
         max_seconds: f64,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Datagrams per second through a SOCKS5 UDP association (or direct) to
+    /// a local UDP echo, `window` in flight.
+    Udp {
+        /// `direct` or `socks5://IP:PORT`.
+        #[arg(long)]
+        proxy: Proxy,
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        /// Payload bytes per datagram.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
         #[arg(long, default_value = "")]
         label: String,
     },
@@ -152,6 +168,19 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             let _ = std::io::stdin().lock().read_line(&mut line);
             held.close();
             emit(format!(r#"{{"kind":"closed","label":{}}}"#, json_str(&label)));
+        }
+        Command::Udp { proxy, window, size, seconds, label } => {
+            let u = udp::run(proxy, window, size, Duration::from_secs_f64(seconds))?;
+            emit(format!(
+                r#"{{"kind":"udp","label":{},"window":{},"size":{},"sent":{},"answered":{},"seconds":{:.3},"per_s":{:.0}}}"#,
+                json_str(&label),
+                window,
+                size,
+                u.sent,
+                u.answered,
+                u.elapsed.as_secs_f64(),
+                u.per_second()
+            ));
         }
         Command::Rss { pids, label } => {
             let m = rss::measure(&pids);
