@@ -469,3 +469,152 @@ async fn max_sessions_per_client() {
     let m = scrape(metrics).await;
     assert!(m["socks4d_refused_connections_total{reason=\"max_sessions_per_client\"}"] >= 2.0);
 }
+
+// --- SOCKS5 -----------------------------------------------------------------
+
+/// A SOCKS5 CONNECT (or another `cmd`) to an IPv4 `dest`.
+fn request5(cmd: u8, dest: SocketAddrV4) -> Vec<u8> {
+    let mut out = vec![5, cmd, 0, 1];
+    out.extend_from_slice(&dest.ip().octets());
+    out.extend_from_slice(&dest.port().to_be_bytes());
+    out
+}
+
+/// Reads a SOCKS5 reply with an IPv4 address (10 bytes): (code, address).
+async fn read_reply5(c: &mut TcpStream) -> (u8, SocketAddrV4) {
+    let r = read_n(c, 10).await;
+    assert_eq!((r[0], r[3]), (5, 1), "{r:?}");
+    (r[1], SocketAddrV4::new(Ipv4Addr::new(r[4], r[5], r[6], r[7]), u16::from_be_bytes([r[8], r[9]])))
+}
+
+/// Greets offering `methods`, returns the connection and the chosen method.
+async fn greet5(c: &mut TcpStream, methods: &[u8]) -> u8 {
+    let mut g = vec![5, methods.len() as u8];
+    g.extend_from_slice(methods);
+    c.write_all(&g).await.unwrap();
+    let m = read_n(c, 2).await;
+    assert_eq!(m[0], 5);
+    m[1]
+}
+
+/// SOCKS5 sessions are counted under their protocol with the RFC 1928 reply codes.
+#[tokio::test]
+async fn socks5_sessions_are_counted_with_their_reply_codes() {
+    let (_server, proxy, metrics) = start_with_metrics(RULES).await;
+    let before = scrape_settled(metrics).await;
+    let (dest, _seen) = echo_server(Ipv4Addr::LOCALHOST).await;
+    let mut c = TcpStream::connect(proxy).await.unwrap();
+    assert_eq!(greet5(&mut c, &[0]).await, 0);
+    c.write_all(&request5(1, dest)).await.unwrap();
+    assert_eq!(read_reply5(&mut c).await.0, 0);
+    c.write_all(b"abc").await.unwrap();
+    assert_eq!(read_n(&mut c, 3).await, b"abc");
+    drop(c);
+    let mut c = TcpStream::connect(proxy).await.unwrap();
+    assert_eq!(greet5(&mut c, &[0]).await, 0);
+    c.write_all(&request5(1, closed_port())).await.unwrap();
+    assert_eq!(read_reply5(&mut c).await.0, 5);
+    drop(c);
+    let after = scrape_settled(metrics).await;
+    let d = |series: &str| delta(&before, &after, series);
+    assert_eq!(d(&sessions("socks5", "connect", "0")), 1.0);
+    assert_eq!(d(&sessions("socks5", "connect", "5")), 1.0);
+    assert_eq!(d("socks4d_relayed_bytes_total{direction=\"up\"}"), 3.0);
+    assert_eq!(d("socks4d_handshake_seconds_count"), 2.0);
+    assert_eq!(d("socks4d_rule_hits_total{rule=\"lo\",action=\"allow\"}"), 2.0);
+}
+
+/// Over `max_sessions_per_client`, a SOCKS5 client is offered no login (no
+/// password check spent on it) and its request gets reply 2, "connection
+/// not allowed by ruleset".
+#[tokio::test]
+async fn socks5_over_the_per_client_cap_gets_reply_2_without_a_login() {
+    let dir = std::env::temp_dir().join(format!("socks4d-production-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let users = dir.join("users");
+    std::fs::write(&users, "fred:$2y$05$0cURcgVZ4lxAQ450..dGAeCZDnIKrJDHZroKJFVzmjSMIUYm/vVOS\n").unwrap();
+    let config = format!("max_sessions_per_client = 1\nusers_file = \"{}\"\n{RULES}", users.display());
+    let (_server, proxy, metrics) = start_with_metrics(&config).await;
+    let (dest, _seen) = echo_server(Ipv4Addr::LOCALHOST).await;
+    let mut held = TcpStream::connect(proxy).await.unwrap();
+    assert_eq!(greet5(&mut held, &[0]).await, 0);
+    held.write_all(&request5(1, dest)).await.unwrap();
+    assert_eq!(read_reply5(&mut held).await.0, 0);
+    // A second client offering a login too: with a place free it would get
+    // username/password (0x02); over the cap it gets no login.
+    let mut over = TcpStream::connect(proxy).await.unwrap();
+    assert_eq!(greet5(&mut over, &[0, 2]).await, 0);
+    over.write_all(&request5(1, dest)).await.unwrap();
+    assert_eq!(read_reply5(&mut over).await.0, 2);
+    expect_closed(&mut over).await;
+    drop(held);
+    let m = scrape_settled(metrics).await;
+    assert_eq!(m["socks4d_refused_connections_total{reason=\"max_sessions_per_client\"}"], 1.0);
+    assert_eq!(m[&sessions("socks5", "connect", "2")], 1.0);
+    // Its place free again, the same offer gets the login.
+    let mut c = TcpStream::connect(proxy).await.unwrap();
+    assert_eq!(greet5(&mut c, &[0, 2]).await, 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `advertise` in SOCKS5: BIND's first reply and UDP ASSOCIATE's reply name
+/// the advertised address with the socket's own port.
+#[tokio::test]
+async fn socks5_bind_and_udp_replies_carry_the_advertised_address() {
+    let config = format!("advertise = \"203.0.113.7\"\n{OPEN}commands = [\"connect\", \"bind\", \"udp\"]\n");
+    let (_server, proxy) = start(&config).await;
+    let mut c = TcpStream::connect(proxy).await.unwrap();
+    assert_eq!(greet5(&mut c, &[0]).await, 0);
+    c.write_all(&request5(2, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 21))).await.unwrap();
+    let (code, bound) = read_reply5(&mut c).await;
+    assert_eq!((code, *bound.ip()), (0, Ipv4Addr::new(203, 0, 113, 7)));
+    let peer = TcpStream::connect((Ipv4Addr::LOCALHOST, bound.port())).await.unwrap();
+    let (code, from) = read_reply5(&mut c).await;
+    assert_eq!((code, from), (0, v4(peer.local_addr().unwrap())));
+
+    let mut u = TcpStream::connect(proxy).await.unwrap();
+    assert_eq!(greet5(&mut u, &[0]).await, 0);
+    u.write_all(&request5(3, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))).await.unwrap();
+    let (code, relay) = read_reply5(&mut u).await;
+    assert_eq!((code, *relay.ip()), (0, Ipv4Addr::new(203, 0, 113, 7)));
+    // The port is the relay socket's: a datagram to it on loopback is relayed.
+    let udp_echo = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = v4(udp_echo.local_addr().unwrap());
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut datagram = vec![0, 0, 0, 1];
+    datagram.extend_from_slice(&echo_addr.ip().octets());
+    datagram.extend_from_slice(&echo_addr.port().to_be_bytes());
+    datagram.extend_from_slice(b"ping");
+    client.send_to(&datagram, (Ipv4Addr::LOCALHOST, relay.port())).await.unwrap();
+    let mut buf = [0u8; 64];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), udp_echo.recv_from(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf[..n], b"ping");
+}
+
+/// Behind a balancer, SOCKS5 works the same: the header, then the greeting
+/// and the request, all in one segment; the rules see the real client.
+#[tokio::test]
+async fn socks5_behind_the_balancer() {
+    let (_server, proxy, metrics) = start_with_metrics(BEHIND).await;
+    let (dest, _seen) = echo_server(Ipv4Addr::LOCALHOST).await;
+    let mut bytes = v2_header("192.0.2.1:40000", "198.51.100.1:1080");
+    bytes.extend_from_slice(&[5, 1, 0]);
+    let mut c = connect_from(Ipv4Addr::LOCALHOST, proxy).await;
+    c.write_all(&bytes).await.unwrap();
+    assert_eq!(read_n(&mut c, 2).await, [5, 0]);
+    c.write_all(&request5(1, dest)).await.unwrap();
+    assert_eq!(read_reply5(&mut c).await.0, 0);
+    drop(c);
+    let mut bytes = v2_header("192.0.2.66:40000", "198.51.100.1:1080");
+    bytes.extend_from_slice(&[5, 1, 0]);
+    let mut c = connect_from(Ipv4Addr::LOCALHOST, proxy).await;
+    c.write_all(&bytes).await.unwrap();
+    assert_eq!(read_n(&mut c, 2).await, [5, 0]);
+    c.write_all(&request5(1, dest)).await.unwrap();
+    assert_eq!(read_reply5(&mut c).await.0, 2);
+    drop(c);
+    let m = scrape_settled(metrics).await;
+    assert_eq!(m[&sessions("socks5", "connect", "0")], 1.0);
+    assert_eq!(m[&sessions("socks5", "connect", "2")], 1.0);
+    assert_eq!(m["socks4d_rule_hits_total{rule=\"alice\",action=\"allow\"}"], 1.0);
+}

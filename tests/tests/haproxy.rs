@@ -143,6 +143,12 @@ fn five_ftp_clients_through_haproxy_with_rules_on_real_addresses() {
     assert_eq!(probe_reply(&denied), Some(91), "mallory: {denied}\n{}", farm.logs());
     let allowed = socks_probe(&topo.client, ALICE, frontend(topo), server.addr, &Probe::default());
     assert_eq!(probe_reply(&allowed), Some(90), "alice: {allowed}\n{}", farm.logs());
+    // SOCKS5 through the balancer too (reply 0 granted, 2 not allowed by ruleset).
+    let socks5 = Probe { socks: 5, ..Probe::default() };
+    let out = socks_probe(&topo.client, ALICE, frontend(topo), server.addr, &socks5);
+    assert_eq!(probe_reply(&out), Some(0), "alice, SOCKS5: {out}\n{}", farm.logs());
+    let out = socks_probe(&topo.client, MALLORY, frontend(topo), server.addr, &socks5);
+    assert_eq!(probe_reply(&out), Some(2), "mallory, SOCKS5: {out}\n{}", farm.logs());
     let at = farm.instance_of(ALICE).unwrap_or_else(|| panic!("no session line from alice:\n{}", farm.logs()));
     let mallory_line = farm
         .instances
