@@ -582,8 +582,14 @@ async fn receive_v4(
         port: request.port,
         user: request.user_id,
         authenticated: false,
-        leftover: buf,
+        leftover: leftover(buf),
     })
+}
+
+/// What the client sent after its request, for the relay; usually nothing,
+/// and then the read buffer is not kept for the whole relay.
+fn leftover(buf: Vec<u8>) -> Vec<u8> {
+    if buf.is_empty() { Vec::new() } else { buf }
 }
 
 /// The method a greeting gets: username/password whenever there are users
@@ -683,7 +689,7 @@ async fn receive_v5(
         port,
         user,
         authenticated,
-        leftover: buf,
+        leftover: leftover(buf),
     })
 }
 

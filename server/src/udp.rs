@@ -169,21 +169,30 @@ impl Relay<'_> {
                 Ready::Control(Ok(0)) => return,
                 Ready::Control(Err(e)) => return rec.reason = format!("control connection: {e}"),
                 Ready::Control(Ok(_)) => {}
+                // An error other than "nothing more" would repeat at once and
+                // spin this loop: the client's socket failing ends the
+                // association, an outgoing one is dropped (remade on next use).
                 Ready::Inside => {
                     for _ in 0..BURST {
                         match self.inside.try_recv_from(&mut buf[RESERVE..]) {
                             Ok((n, from)) => self.client_datagram(&buf[RESERVE..RESERVE + n], from, rec).await,
-                            Err(_) => break,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) => return rec.reason = format!("udp relay socket: {e}"),
                         }
                     }
                 }
                 Ready::Outside(v4) => {
                     for _ in 0..BURST {
-                        let socket = if v4 { &self.outside_v4 } else { &self.outside_v6 };
-                        let Some(socket) = socket else { break };
+                        let slot = if v4 { &mut self.outside_v4 } else { &mut self.outside_v6 };
+                        let Some(socket) = slot else { break };
                         match socket.try_recv_from(&mut buf[RESERVE..]) {
                             Ok((n, from)) => self.answer_datagram(&mut buf, n, from, rec),
-                            Err(_) => break,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) => {
+                                tracing::debug!(peer = %rec.peer, error = %e, "udp: outgoing socket failed");
+                                *slot = None;
+                                break;
+                            }
                         }
                     }
                 }

@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use socks4_loadgen::proxy::{ConnectError, Proxy};
-use socks4_loadgen::{handshake, hold, rss, throughput};
+use socks4_loadgen::{handshake, hold, rss, throughput, udp};
 use socks4_proto::v4::{Destination, Reply, ReplyCode, Request};
 
 /// What the recording relay saw.
@@ -255,4 +255,63 @@ fn rss_sums_a_process_tree() {
             let _ = Command::new("kill").arg(pid.to_string()).status();
         }
     }
+}
+
+/// A SOCKS5 UDP relay written here (no authentication, one association per
+/// control connection, IPv4 headers only) that counts the datagrams it
+/// carried each way.
+fn recording_udp_relay() -> (SocketAddr, Arc<[AtomicU64; 2]>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let c = counts.clone();
+    thread::spawn(move || {
+        let (mut control, _) = listener.accept().unwrap();
+        let mut greeting = [0u8; 3];
+        control.read_exact(&mut greeting).unwrap();
+        control.write_all(&[5, 0]).unwrap();
+        let mut request = [0u8; 10];
+        control.read_exact(&mut request).unwrap();
+        assert_eq!(request[..4], [5, 3, 0, 1], "UDP ASSOCIATE with an IPv4 address");
+        let relay = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        relay.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let SocketAddr::V4(at) = relay.local_addr().unwrap() else { unreachable!() };
+        let mut reply = vec![5, 0, 0, 1];
+        reply.extend_from_slice(&at.ip().octets());
+        reply.extend_from_slice(&at.port().to_be_bytes());
+        control.write_all(&reply).unwrap();
+        let mut client = None;
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = relay.recv_from(&mut buf) {
+            if Some(from) == client || client.is_none() && buf[..3] == [0, 0, 0] {
+                client = Some(from);
+                let dest = SocketAddr::from(([buf[4], buf[5], buf[6], buf[7]], u16::from_be_bytes([buf[8], buf[9]])));
+                relay.send_to(&buf[10..n], dest).unwrap();
+                c[0].fetch_add(1, Ordering::SeqCst);
+            } else if let Some(to) = client {
+                let SocketAddr::V4(f) = from else { continue };
+                let mut out = vec![0, 0, 0, 1];
+                out.extend_from_slice(&f.ip().octets());
+                out.extend_from_slice(&f.port().to_be_bytes());
+                out.extend_from_slice(&buf[..n]);
+                relay.send_to(&out, to).unwrap();
+                c[1].fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    (addr, counts)
+}
+
+#[test]
+fn udp_mode_counts_the_answers_through_an_association() {
+    let (addr, counts) = recording_udp_relay();
+    let u = udp::run(Proxy::Socks5(addr), 8, 64, Duration::from_millis(300)).unwrap();
+    assert!(u.answered > 100, "{u:?}");
+    assert!(u.answered <= u.sent);
+    // Every answer counted crossed the relay both ways.
+    assert!(counts[0].load(Ordering::SeqCst) >= u.answered, "{u:?}");
+    assert!(counts[1].load(Ordering::SeqCst) >= u.answered, "{u:?}");
+    let direct = udp::run(Proxy::Direct, 8, 64, Duration::from_millis(200)).unwrap();
+    assert!(direct.answered > 100, "{direct:?}");
+    assert!(udp::run(Proxy::Socks4(addr), 8, 64, Duration::from_millis(100)).is_err(), "SOCKS4 has no UDP");
 }
