@@ -50,6 +50,25 @@ pub struct Protocols {
     pub socks5: bool,
 }
 
+/// The address BIND replies name instead of the BIND listener's own (a NAT
+/// or a load balancer in front): one per address family, each used for
+/// listeners of its family; `None` keeps the listener's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Advertise {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl Advertise {
+    /// The address to put in a reply for a listener bound to `bound`.
+    pub fn reply_address(&self, bound: SocketAddr) -> SocketAddr {
+        match bound {
+            SocketAddr::V4(_) => self.v4.map_or(bound, |ip| SocketAddr::new(ip.into(), bound.port())),
+            SocketAddr::V6(_) => self.v6.map_or(bound, |ip| SocketAddr::new(ip.into(), bound.port())),
+        }
+    }
+}
+
 /// The effective settings of a running server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -81,6 +100,16 @@ pub struct Config {
     /// Who the daemon becomes once its listeners are open (started as
     /// root); `None`: it stays who it was started as.
     pub user: Option<User>,
+    /// Where Prometheus metrics are served (`/metrics`); `None`: off.
+    pub metrics: Option<SocketAddr>,
+    /// Sources (load balancers) whose connections must start with a PROXY
+    /// protocol header naming the real client; from anywhere else a header
+    /// is refused.
+    pub proxy_protocol_from: Vec<IpNet>,
+    /// What BIND replies name instead of the listener's address.
+    pub advertise: Advertise,
+    /// Cap on the live sessions of one client address; `None`: no cap.
+    pub max_sessions_per_client: Option<usize>,
     pub rules: Rules,
 }
 
@@ -103,6 +132,10 @@ impl Default for Config {
             busy_poll_us: DEFAULT_BUSY_POLL_US,
             log: "info".into(),
             user: None,
+            metrics: None,
+            proxy_protocol_from: Vec::new(),
+            advertise: Advertise::default(),
+            max_sessions_per_client: None,
             rules: Rules {
                 rules: vec![Rule {
                     from: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
@@ -154,6 +187,7 @@ impl Config {
             cx.error(e.span().unwrap_or(0..0), None, message)
         })?;
         let mut config = Config::default();
+        cx.production(&raw, &mut config)?;
         if let Some(listen) = raw.listen {
             config.listen = listen
                 .iter()
@@ -317,11 +351,15 @@ struct RawConfig {
     busy_poll_us: Option<Spanned<i64>>,
     log: Option<Spanned<String>>,
     user: Option<Spanned<String>>,
+    metrics: Option<Spanned<String>>,
+    proxy_protocol_from: Option<Vec<Spanned<String>>>,
+    advertise: Option<Spanned<RawExternal>>,
+    max_sessions_per_client: Option<Spanned<i64>>,
     #[serde(default)]
     rule: Vec<RawRule>,
 }
 
-/// `external = "auto"`, `"ADDR"`, or `["IPv4", "IPv6"]`.
+/// `external = "auto"`, `"ADDR"`, or `["IPv4", "IPv6"]`; `advertise`: the last two.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum RawExternal {
@@ -367,6 +405,65 @@ impl Cx<'_> {
         ConfigError::Invalid { file: self.file.to_string(), line, key, message }
     }
 
+    /// The keys for running in production: metrics, behind a load balancer
+    /// (PROXY protocol, BIND's advertised address), the per-client cap.
+    fn production(&self, raw: &RawConfig, config: &mut Config) -> Result<(), ConfigError> {
+        if let Some(addr) = &raw.metrics {
+            config.metrics = Some(addr.get_ref().trim().parse().map_err(|_| {
+                self.error(addr.span(), Some("metrics"), "expected ADDR:PORT, e.g. \"127.0.0.1:9108\"".into())
+            })?);
+        }
+        if let Some(from) = &raw.proxy_protocol_from {
+            // An empty list is allowed here: it is the default, no PROXY header from anyone.
+            config.proxy_protocol_from = from
+                .iter()
+                .map(|s| {
+                    parse_network(s.get_ref().trim()).ok_or_else(|| {
+                        self.error(
+                            s.span(),
+                            Some("proxy_protocol_from"),
+                            format!("{:?}: expected a network like \"10.0.0.0/8\" or an address", s.get_ref()),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(adv) = &raw.advertise {
+            let bad = |m: String| self.error(adv.span(), Some("advertise"), m);
+            let words = match adv.get_ref() {
+                RawExternal::One(s) => vec![s.clone()],
+                RawExternal::List(l) if l.is_empty() || l.len() > 2 => {
+                    return Err(bad("expected an address, or a list of one IPv4 and one IPv6 address".into()));
+                }
+                RawExternal::List(l) => l.clone(),
+            };
+            for word in words {
+                let ip: IpAddr = word
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad(format!("{word:?}: expected an address, e.g. \"203.0.113.7\"")))?;
+                let ip = ip.to_canonical();
+                if ip.is_unspecified() || ip.is_multicast() {
+                    return Err(bad(format!("{ip} cannot be connected to")));
+                }
+                let taken = match ip {
+                    IpAddr::V4(v4) => config.advertise.v4.replace(v4).is_some(),
+                    IpAddr::V6(v6) => config.advertise.v6.replace(v6).is_some(),
+                };
+                if taken {
+                    return Err(bad("at most one IPv4 and one IPv6 address".into()));
+                }
+            }
+        }
+        if let Some(max) = &raw.max_sessions_per_client {
+            config.max_sessions_per_client =
+                Some(usize::try_from(*max.get_ref()).ok().filter(|&m| m > 0).ok_or_else(|| {
+                    self.error(max.span(), Some("max_sessions_per_client"), "expected a number above 0".into())
+                })?);
+        }
+        Ok(())
+    }
+
     /// `external`: "auto", one address, or a list of at most one IPv4 and
     /// one IPv6 address; each must be this host's (checked now, not at every
     /// CONNECT).
@@ -405,9 +502,8 @@ impl Cx<'_> {
         let mut rule = Rule::new(action);
         rule.name = raw.name;
         if let Some(from) = raw.from {
-            rule.from = self.list(from, "from", "expected a network like \"10.0.0.0/8\" or an address", |s| {
-                s.parse::<IpNet>().ok().or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
-            })?;
+            rule.from =
+                self.list(from, "from", "expected a network like \"10.0.0.0/8\" or an address", parse_network)?;
         }
         if let Some(to) = raw.to {
             rule.to = self.list(
@@ -477,6 +573,11 @@ impl Cx<'_> {
     }
 }
 
+/// A network (`"10.0.0.0/8"`) or one address (`"192.0.2.1"`, a /32 or /128).
+fn parse_network(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>().ok().or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
 /// A port (`80`, `"80"`) or an inclusive range (`"1-1023"`). Port 0 is a
 /// port like any other here, written either way: it is what a BIND with no
 /// primary port carries (see `Rule::new`).
@@ -529,6 +630,24 @@ impl fmt::Display for Config {
         match &self.user {
             Some(u) => writeln!(f, "user = {}  # uid {}, gid {}", quote(&u.name), u.uid, u.gid)?,
             None => writeln!(f, "# user: not set (socks4d stays the user it is started as)")?,
+        }
+        match self.metrics {
+            Some(addr) => writeln!(f, "metrics = \"{addr}\"")?,
+            None => writeln!(f, "# metrics: off")?,
+        }
+        let from: Vec<String> = self.proxy_protocol_from.iter().map(|n| format!("\"{n}\"")).collect();
+        writeln!(f, "proxy_protocol_from = [{}]", from.join(", "))?;
+        match self.advertise {
+            Advertise { v4: None, v6: None } => {
+                writeln!(f, "# advertise: not set (BIND replies name the listener's own address)")?
+            }
+            Advertise { v4: Some(a), v6: None } => writeln!(f, "advertise = \"{a}\"")?,
+            Advertise { v4: None, v6: Some(a) } => writeln!(f, "advertise = \"{a}\"")?,
+            Advertise { v4: Some(a), v6: Some(b) } => writeln!(f, "advertise = [\"{a}\", \"{b}\"]")?,
+        }
+        match self.max_sessions_per_client {
+            Some(n) => writeln!(f, "max_sessions_per_client = {n}")?,
+            None => writeln!(f, "# max_sessions_per_client: not set (no cap per client address)")?,
         }
         if self.rules.rules.is_empty() {
             writeln!(f, "# no rules: every request is refused (91)")?;
@@ -661,6 +780,74 @@ ident = "match"
         assert_eq!(rule("[\"0\"]"), vec![(0, 0)]);
         assert_eq!(rule("[\"0-0\"]"), vec![(0, 0)]);
         assert_eq!(rule("[0, 65535]"), vec![(0, 0), (65535, 65535)]);
+    }
+
+    #[test]
+    fn production_keys() {
+        let c = Config::parse(
+            "metrics = \"127.0.0.1:9108\"\nproxy_protocol_from = [\"10.0.0.0/8\", \"192.0.2.7\", \"::1\"]\n\
+             advertise = [\"203.0.113.7\", \"2001:db8::7\"]\nmax_sessions_per_client = 20\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.metrics, Some("127.0.0.1:9108".parse().unwrap()));
+        assert_eq!(
+            c.proxy_protocol_from,
+            vec!["10.0.0.0/8".parse::<IpNet>().unwrap(), "192.0.2.7/32".parse().unwrap(), "::1/128".parse().unwrap()]
+        );
+        assert_eq!(c.advertise.v4, Some(Ipv4Addr::new(203, 0, 113, 7)));
+        assert_eq!(c.advertise.v6, Some("2001:db8::7".parse().unwrap()));
+        assert_eq!(c.max_sessions_per_client, Some(20));
+        assert_eq!(Config::parse(&c.to_string(), "t.toml").unwrap(), c);
+        // Off by default, and --check says so.
+        let d = Config::default();
+        assert_eq!((d.metrics, d.proxy_protocol_from.len(), d.max_sessions_per_client), (None, 0, None));
+        assert_eq!(d.advertise, Advertise::default());
+        let text = d.to_string();
+        for line in [
+            "# metrics: off\n",
+            "proxy_protocol_from = []\n",
+            "# advertise: not set",
+            "# max_sessions_per_client: not set",
+        ] {
+            assert!(text.contains(line), "{line:?} in {text}");
+        }
+        let one = Config::parse("advertise = \"::ffff:203.0.113.9\"", "t.toml").unwrap();
+        assert_eq!(one.advertise, Advertise { v4: Some(Ipv4Addr::new(203, 0, 113, 9)), v6: None });
+        assert_eq!(Config::parse(&one.to_string(), "t.toml").unwrap(), one);
+    }
+
+    #[test]
+    fn production_keys_name_line_and_key_of_bad_values() {
+        assert_eq!(invalid("\nmetrics = \"localhost\"\n").0, 2);
+        assert_eq!(invalid("metrics = \"127.0.0.1\"\n").1, "metrics");
+        assert_eq!(invalid("metrics = 9108\n").1, "metrics");
+        let (line, key, msg) = invalid("\n\nproxy_protocol_from = [\"10.0.0.0/8\",\n  \"10.0.0.0/33\"]\n");
+        assert_eq!((line, key.as_str()), (4, "proxy_protocol_from"), "{msg}");
+        assert!(msg.contains("10.0.0.0/33"), "{msg}");
+        assert_eq!(invalid("proxy_protocol_from = \"10.0.0.0/8\"\n").1, "proxy_protocol_from");
+        let (line, key, msg) = invalid("\nadvertise = \"nat.example\"\n");
+        assert_eq!((line, key.as_str()), (2, "advertise"));
+        assert!(msg.contains("\"nat.example\": expected an address"), "{msg}");
+        assert_eq!(invalid("advertise = [\"192.0.2.1\", \"192.0.2.2\"]\n").1, "advertise");
+        assert_eq!(invalid("advertise = []\n").1, "advertise");
+        assert_eq!(invalid("advertise = \"0.0.0.0\"\n").1, "advertise");
+        assert_eq!(invalid("advertise = \"224.0.0.1\"\n").1, "advertise");
+        assert_eq!(
+            invalid("\nmax_sessions_per_client = 0\n"),
+            (2, "max_sessions_per_client".into(), invalid("max_sessions_per_client = -5").2)
+        );
+        assert_eq!(invalid("max_sessions_per_client = \"10\"\n").1, "max_sessions_per_client");
+    }
+
+    /// `advertise` replaces the address of BIND's reply, in its own family only.
+    #[test]
+    fn advertise_replaces_the_listeners_address() {
+        let adv = Advertise { v4: Some(Ipv4Addr::new(203, 0, 113, 7)), v6: None };
+        assert_eq!(adv.reply_address("10.0.0.2:40000".parse().unwrap()), "203.0.113.7:40000".parse().unwrap());
+        let v6: SocketAddr = "[2001:db8::2]:40000".parse().unwrap();
+        assert_eq!(adv.reply_address(v6), v6);
+        assert_eq!(Advertise::default().reply_address("10.0.0.2:1".parse().unwrap()), "10.0.0.2:1".parse().unwrap());
     }
 
     #[test]

@@ -4,11 +4,14 @@
 //! [`run_daemon`] adds what the binary needs (stdout `listening` lines,
 //! SIGHUP reload, SIGTERM/SIGINT drain).
 
+pub mod balancer;
 mod busy_poll;
 pub mod cli;
 pub mod config;
 pub mod ident;
 mod memory;
+pub mod metrics;
+pub mod metrics_http;
 pub mod net;
 pub mod privileges;
 pub mod relay;

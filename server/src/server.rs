@@ -16,8 +16,11 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::balancer::PerClient;
 use crate::busy_poll;
 use crate::config::Config;
+use crate::metrics::{Metrics, Refusal, RuleHits};
+use crate::metrics_http;
 use crate::privileges::{self, Switch};
 use crate::session;
 use crate::systemd::{self, Systemd};
@@ -33,17 +36,37 @@ const MAX_REFUSING: usize = 256;
 /// one that says nothing gets SOCKS4's 91.
 const FIRST_BYTE_WAIT: Duration = Duration::from_millis(200);
 
+/// The configuration new sessions get, with its rules' counters.
+pub(crate) struct Live {
+    pub(crate) config: Arc<Config>,
+    /// Empty when metrics are off.
+    pub(crate) rule_hits: RuleHits,
+}
+
 /// State shared by the accept loops and the sessions.
 struct Shared {
-    config: RwLock<Arc<Config>>,
+    live: RwLock<Arc<Live>>,
     /// Live sessions (not counting clients being refused for the cap).
-    active: AtomicUsize,
+    active: Arc<AtomicUsize>,
     refusing: AtomicUsize,
+    /// `None`: `metrics` is off, nothing is counted.
+    metrics: Option<Arc<Metrics>>,
+    /// Live sessions per client address (`max_sessions_per_client`).
+    per_client: Arc<PerClient>,
 }
 
 impl Shared {
+    fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     fn config(&self) -> Arc<Config> {
-        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.live().config.clone()
+    }
+
+    fn make_live(&self, config: Config) -> Arc<Live> {
+        let rule_hits = self.metrics.as_ref().map(|m| m.rule_hits(&config.rules)).unwrap_or_default();
+        Arc::new(Live { config: Arc::new(config), rule_hits })
     }
 }
 
@@ -57,6 +80,8 @@ pub struct Server {
     /// Set to true: live sessions are cut.
     kill: watch::Sender<bool>,
     accept_tasks: Vec<JoinHandle<()>>,
+    /// Where `/metrics` is served, if it is.
+    metrics_addr: Option<SocketAddr>,
     /// The session threads of [`Server::bind_per_core`]; dropped last.
     workers: Option<Workers>,
 }
@@ -77,6 +102,15 @@ impl Server {
         Server::from_listeners(listeners, config)
     }
 
+    /// Opens the metrics listener, if `config.metrics` asks for one.
+    fn metrics_listener(config: &Config) -> io::Result<Option<std::net::TcpListener>> {
+        let Some(addr) = config.metrics else { return Ok(None) };
+        let listener =
+            std::net::TcpListener::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("metrics {addr}: {e}")))?;
+        listener.set_nonblocking(true)?;
+        Ok(Some(listener))
+    }
+
     /// Like [`Server::bind`], but sessions run on `threads` threads of
     /// their own (one per core is right), each with its own current-thread
     /// runtime and its own SO_REUSEPORT listener per address; see
@@ -87,7 +121,7 @@ impl Server {
     /// If the threads cannot start, or the first address that cannot be
     /// bound, named in the error.
     pub async fn bind_per_core(config: Config, threads: usize) -> io::Result<Server> {
-        Ok(Server::open_per_core(&config, threads, Vec::new())?.serve(config))
+        Server::open_per_core(&config, threads, Vec::new())?.serve(config)
     }
 
     /// The first half of [`Server::bind_per_core`]: starts the threads and
@@ -116,7 +150,8 @@ impl Server {
                 listeners.extend(workers.handles().iter().cloned().zip(workers.adopt(socket)?));
             }
         }
-        Ok(Bound { listeners, local_addrs, workers })
+        let metrics = Server::metrics_listener(config)?;
+        Ok(Bound { listeners, local_addrs, workers, metrics })
     }
 
     /// Serves on listeners bound by the caller (`config.listen` is ignored).
@@ -129,33 +164,59 @@ impl Server {
         let local_addrs = listeners.iter().map(TcpListener::local_addr).collect::<io::Result<Vec<_>>>()?;
         let here = Handle::current();
         let listeners = listeners.into_iter().map(|l| (here.clone(), l)).collect();
-        Ok(Server::start(listeners, local_addrs, config, None))
+        let metrics = Server::metrics_listener(&config)?;
+        Server::start(listeners, local_addrs, config, None, metrics)
     }
 
     /// Starts an accept loop for each listener on the runtime it is
-    /// registered with; sessions run where their listener's loop runs.
+    /// registered with; sessions run where their listener's loop runs. The
+    /// metrics endpoint, if any, runs on the calling runtime (the daemon's
+    /// control thread, never a session thread).
     fn start(
         listeners: Vec<(Handle, TcpListener)>,
         local_addrs: Vec<SocketAddr>,
         config: Config,
         workers: Option<Workers>,
-    ) -> Server {
-        let shared = Arc::new(Shared {
-            config: RwLock::new(Arc::new(config)),
-            active: AtomicUsize::new(0),
+        metrics_listener: Option<std::net::TcpListener>,
+    ) -> io::Result<Server> {
+        let active = Arc::new(AtomicUsize::new(0));
+        let metrics = metrics_listener.is_some().then(|| Arc::new(Metrics::new(active.clone())));
+        let mut shared = Shared {
+            live: RwLock::new(Arc::new(Live { config: Arc::new(Config::default()), rule_hits: RuleHits::default() })),
+            active,
             refusing: AtomicUsize::new(0),
-        });
+            metrics,
+            per_client: Arc::new(PerClient::default()),
+        };
+        shared.live = RwLock::new(shared.make_live(config));
+        let shared = Arc::new(shared);
         let weak = Arc::downgrade(&shared);
         crate::memory::spawn_trimmer(move || weak.upgrade().map(|s| s.active.load(Ordering::Relaxed)));
         let (stop, _) = watch::channel(false);
         let (kill, _) = watch::channel(false);
-        let accept_tasks = listeners
+        let mut accept_tasks: Vec<JoinHandle<()>> = listeners
             .into_iter()
             .map(|(rt, l)| {
                 rt.spawn(busy_poll::counted(accept_loop(l, shared.clone(), stop.subscribe(), kill.subscribe())))
             })
             .collect();
-        Server { local_addrs, shared, stop, kill, accept_tasks, workers }
+        let mut metrics_addr = None;
+        if let (Some(listener), Some(metrics)) = (metrics_listener, &shared.metrics) {
+            metrics_addr = Some(listener.local_addr()?);
+            let listener = TcpListener::from_std(listener)?;
+            accept_tasks.push(tokio::spawn(metrics_http::serve(listener, metrics.clone(), stop.subscribe())));
+        }
+        Ok(Server { local_addrs, shared, stop, kill, accept_tasks, metrics_addr, workers })
+    }
+
+    /// Where `/metrics` is served (port 0 resolved), if `metrics` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The server's counters, if `metrics` is set.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.shared.metrics.as_ref()
     }
 
     /// The addresses actually listened on (port 0 resolved).
@@ -169,7 +230,8 @@ impl Server {
         if let Some(workers) = &self.workers {
             workers.set_busy_poll(config.busy_poll_us);
         }
-        *self.shared.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+        let live = self.shared.make_live(config);
+        *self.shared.live.write().unwrap_or_else(|e| e.into_inner()) = live;
     }
 
     /// The configuration new sessions get.
@@ -209,6 +271,7 @@ pub struct Bound {
     listeners: Vec<(Handle, TcpListener)>,
     local_addrs: Vec<SocketAddr>,
     workers: Workers,
+    metrics: Option<std::net::TcpListener>,
 }
 
 impl Bound {
@@ -217,9 +280,19 @@ impl Bound {
         &self.local_addrs
     }
 
-    /// Starts accepting.
-    pub fn serve(self, config: Config) -> Server {
-        Server::start(self.listeners, self.local_addrs, config, Some(self.workers))
+    /// Where `/metrics` will be served (port 0 resolved), if `metrics` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Starts accepting. Must be called inside a tokio runtime, which then
+    /// serves `/metrics`.
+    ///
+    /// # Errors
+    ///
+    /// If the metrics listener cannot be registered with the runtime.
+    pub fn serve(self, config: Config) -> io::Result<Server> {
+        Server::start(self.listeners, self.local_addrs, config, Some(self.workers), self.metrics)
     }
 }
 
@@ -258,12 +331,15 @@ async fn accept_loop(
             Err(e) => {
                 // EMFILE, ENFILE, ENOBUFS...: retrying at once would spin.
                 tracing::warn!(error = %e, "accept failed; backing off");
+                if let Some(metrics) = &shared.metrics {
+                    metrics.accept_error();
+                }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
-        let config = shared.config();
-        if shared.active.fetch_add(1, Ordering::SeqCst) >= config.max_connections {
+        let live = shared.live();
+        if shared.active.fetch_add(1, Ordering::SeqCst) >= live.config.max_connections {
             shared.active.fetch_sub(1, Ordering::SeqCst);
             refuse_over_cap(stream, peer, &shared);
             continue;
@@ -271,7 +347,7 @@ async fn accept_loop(
         let guard = ActiveGuard(shared.clone());
         let mut kill = kill.clone();
         tokio::spawn(busy_poll::counted(async move {
-            let _guard = guard;
+            let guard = guard;
             let local = match fixed_local {
                 Some(a) => a,
                 None => match stream.local_addr() {
@@ -282,8 +358,13 @@ async fn accept_loop(
             if !nodelay_inherited {
                 let _ = stream.set_nodelay(true);
             }
+            let cx = session::Context {
+                config: &live.config,
+                metrics: guard.0.metrics.as_deref().map(|m| (m, &live.rule_hits)),
+                per_client: &guard.0.per_client,
+            };
             tokio::select! {
-                () = session::serve(stream, peer, local, &config) => {}
+                () = session::serve(stream, peer, local, cx) => {}
                 _ = kill.wait_for(|k| *k) => {}
             }
         }));
@@ -308,6 +389,9 @@ fn set_listener_nodelay(_: &TcpListener) -> bool {
 /// client (its first byte, if it comes within `FIRST_BYTE_WAIT`, is 5) gets
 /// "no acceptable method", anyone else SOCKS4's 91.
 fn refuse_over_cap(mut stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
+    if let Some(metrics) = &shared.metrics {
+        metrics.refused(Refusal::MaxConnections);
+    }
     if shared.refusing.fetch_add(1, Ordering::SeqCst) >= MAX_REFUSING {
         shared.refusing.fetch_sub(1, Ordering::SeqCst);
         return;
@@ -376,9 +460,13 @@ pub async fn run_daemon(
             Switch::AlreadyThere => tracing::info!(user = %user.name, "already running as user"),
         }
     }
-    let server = bound.serve(config);
+    let server = bound.serve(config)?;
     {
         let mut out = io::stdout().lock();
+        // Before the `listening` lines: whoever waits for those has this one too.
+        if let Some(addr) = server.metrics_addr() {
+            writeln!(out, "metrics {addr}")?;
+        }
         for addr in server.local_addrs() {
             writeln!(out, "listening {addr}")?;
         }
@@ -403,7 +491,11 @@ pub async fn run_daemon(
         tokio::select! {
             _ = hup.recv() => {
                 notify(&systemd::reloading_message());
-                if let Some(config) = reload(config_path.as_deref(), &listen_override, &server.config()) {
+                let reloaded = reload(config_path.as_deref(), &listen_override, &server.config());
+                if let (Some(metrics), Some(ok)) = (server.metrics(), reloaded.as_ref().map(Option::is_some)) {
+                    metrics.reload(ok);
+                }
+                if let Some(Some(config)) = reloaded {
                     on_reload(&config);
                     server.reload(config);
                 }
@@ -433,8 +525,9 @@ pub async fn run_daemon(
     Ok(())
 }
 
-/// Reads the config file again; `None` (logged) if there is none or it is bad.
-fn reload(path: Option<&std::path::Path>, listen_override: &[SocketAddr], current: &Config) -> Option<Config> {
+/// Reads the config file again: `None` if there is none, `Some(None)`
+/// (logged) if it is bad.
+fn reload(path: Option<&std::path::Path>, listen_override: &[SocketAddr], current: &Config) -> Option<Option<Config>> {
     let Some(path) = path else {
         tracing::info!("SIGHUP: no config file, nothing to reload");
         return None;
@@ -450,12 +543,16 @@ fn reload(path: Option<&std::path::Path>, listen_override: &[SocketAddr], curren
             if config.user != current.user {
                 tracing::warn!("SIGHUP: user changed in the file; socks4d stays who it is until restart");
             }
+            if config.metrics != current.metrics {
+                tracing::warn!("SIGHUP: metrics changed in the file; /metrics stays as it is until restart");
+                config.metrics = current.metrics;
+            }
             tracing::info!(file = %path.display(), rules = config.rules.rules.len(), "SIGHUP: config reloaded");
-            Some(config)
+            Some(Some(config))
         }
         Err(e) => {
             tracing::error!(error = %e, "SIGHUP: bad config, keeping the old one");
-            None
+            Some(None)
         }
     }
 }

@@ -20,9 +20,11 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::{timeout, timeout_at};
 
+use crate::balancer::{self, Client, PerClient};
 use crate::busy_poll;
 use crate::config::Config;
-use crate::ident;
+use crate::ident::{self, IdentError};
+use crate::metrics::{self, IdentOutcome, Metrics, ProxyOutcome, Refusal, ResolveOutcome, RuleHits, RuleOutcome};
 use crate::net;
 use crate::relay::{self, Traffic};
 use crate::rules::{self, Action, Command, Decision, IdentMode, Query};
@@ -38,6 +40,21 @@ const LINGER_BYTES: usize = 64 * 1024;
 /// Password checks (bcrypt, milliseconds of CPU each) running at once, off
 /// the session threads; more logins wait here, within their handshake time.
 static LOGINS: Semaphore = Semaphore::const_new(4);
+/// The handshake time a client over `max_sessions_per_client` gets to say
+/// what it wants before it is refused: it holds a place in
+/// `max_connections` meanwhile.
+const OVER_LIMIT_HANDSHAKE: Duration = Duration::from_secs(2);
+
+/// What a session knows of the server around it.
+#[derive(Clone, Copy)]
+pub struct Context<'a> {
+    /// The configuration at accept time (a reload does not change a live session).
+    pub config: &'a Config,
+    /// The counters and this configuration's rule counters; `None`: metrics off.
+    pub metrics: Option<(&'a Metrics, &'a RuleHits)>,
+    /// Live sessions per client address, for `max_sessions_per_client`.
+    pub per_client: &'a Arc<PerClient>,
+}
 
 /// Which protocol a client speaks: its first byte says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,8 +160,11 @@ impl Outcome {
 /// What the session log line reports. The line is written when the record
 /// is dropped, so a session cut short (server stopping) still gets its line.
 #[derive(Debug)]
-pub(crate) struct Record {
+pub(crate) struct Record<'a> {
+    /// The client: the real one when a load balancer's PROXY header named it.
     pub(crate) peer: SocketAddr,
+    /// The load balancer that relayed the client, if one did.
+    via: Option<SocketAddr>,
     start: Instant,
     pub(crate) protocol: Option<Protocol>,
     /// The SOCKS4 USERID, or the name a SOCKS5 client logged in as.
@@ -162,12 +182,22 @@ pub(crate) struct Record {
     /// Why the session ended, when it was not a clean relay.
     pub(crate) reason: String,
     finished: bool,
+    /// When the first reply was sent (the handshake's end).
+    replied: Option<Duration>,
+    rule_outcome: RuleOutcome,
+    pub(crate) ident: Option<IdentOutcome>,
+    resolve: Option<ResolveOutcome>,
+    /// A load balancer's health check (a PROXY v2 LOCAL header, then
+    /// nothing): logged at debug level only, and not counted as a session.
+    health_check: bool,
+    metrics: Option<(&'a Metrics, &'a RuleHits)>,
 }
 
-impl Record {
+impl Record<'_> {
     /// Notes the deciding rule, with its name if it has one.
     pub(crate) fn set_rule(&mut self, rule: Option<usize>, config: &Config) {
         self.rule = rule;
+        self.rule_outcome = rule.map_or(RuleOutcome::NoMatch, RuleOutcome::Rule);
         self.rule_name = rule.and_then(|i| config.rules.rules[i].name.clone());
     }
 
@@ -175,15 +205,47 @@ impl Record {
     pub(crate) fn reply_bytes(&mut self, outcome: Outcome, bound: Option<SocketAddr>) -> Vec<u8> {
         let protocol = self.protocol.unwrap_or(Protocol::Socks4);
         self.reply = Some(protocol.code(outcome));
+        self.replied.get_or_insert_with(|| self.start.elapsed());
         protocol.reply(outcome, bound)
     }
 }
 
-impl Drop for Record {
+impl Drop for Record<'_> {
     fn drop(&mut self) {
         if !self.finished && self.reason.is_empty() {
             self.reason = "cut: server stopping".into();
         }
+        let health_check = self.health_check && self.command.is_none() && self.reply.is_none();
+        if let Some((metrics, rule_hits)) = self.metrics
+            && !health_check
+        {
+            let end = metrics::SessionEnd {
+                protocol: match self.protocol {
+                    None => metrics::Protocol::Unknown,
+                    Some(Protocol::Socks4) => metrics::Protocol::Socks4,
+                    Some(Protocol::Socks5) => metrics::Protocol::Socks5,
+                },
+                command: match self.command {
+                    None => metrics::Command::None,
+                    Some(Command::Connect) => metrics::Command::Connect,
+                    Some(Command::Bind) => metrics::Command::Bind,
+                    Some(Command::UdpAssociate) => metrics::Command::UdpAssociate,
+                },
+                reply: self.reply,
+                bytes_up: self.traffic.up,
+                bytes_down: self.traffic.down,
+                handshake: self.replied,
+                rule: self.rule_outcome,
+                ident: self.ident,
+                resolve: self.resolve,
+            };
+            metrics.session_end(&end, rule_hits);
+        }
+        if health_check {
+            tracing::debug!(balancer = %self.peer, "health check (PROXY v2 LOCAL)");
+            return;
+        }
+        let via = self.via.map_or_else(|| "-".to_string(), |a| a.to_string());
         let rule = match (self.rule, &self.rule_name) {
             (Some(i), Some(name)) => format!("{i}:{name}"),
             (Some(i), None) => i.to_string(),
@@ -197,6 +259,7 @@ impl Drop for Record {
         match &self.udp {
             None => tracing::info!(
                 peer = %self.peer,
+                via = %via,
                 proto = protocol,
                 user = ?self.user,
                 command = %command,
@@ -211,6 +274,7 @@ impl Drop for Record {
             ),
             Some(udp) => tracing::info!(
                 peer = %self.peer,
+                via = %via,
                 proto = protocol,
                 user = ?self.user,
                 command = %command,
@@ -261,12 +325,14 @@ impl Request {
     }
 }
 
-/// Serves one accepted client to the end. `local` is the address the
-/// client reached; `config` is the configuration at accept time (a reload
-/// does not change a live session).
-pub async fn serve(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, config: &Config) {
+/// Serves one accepted client to the end. `peer` and `local` are the
+/// connection's endpoints (the client's, or the load balancer's when `peer`
+/// is in `proxy_protocol_from`).
+pub async fn serve(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, cx: Context<'_>) {
+    let config = cx.config;
     let mut rec = Record {
         peer,
+        via: None,
         start: Instant::now(),
         protocol: None,
         user: String::new(),
@@ -279,20 +345,87 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, c
         udp: None,
         reason: String::new(),
         finished: false,
+        replied: None,
+        rule_outcome: RuleOutcome::NotEvaluated,
+        ident: None,
+        resolve: None,
+        health_check: false,
+        metrics: cx.metrics,
     };
-    handle(&mut client, peer, local, config, &mut rec).await;
+    let deadline = tokio::time::Instant::from_std(rec.start) + config.handshake_timeout;
+    let who = if balancer::is_trusted(&config.proxy_protocol_from, peer) {
+        balancer::read_header(&mut client, peer, local, deadline).await
+    } else {
+        Ok(Client::direct(peer, local))
+    };
+    let who = match who {
+        Ok(who) => who,
+        Err(refused) => {
+            if let Some((m, _)) = cx.metrics {
+                m.proxy_header(refused.outcome());
+            }
+            tracing::warn!(balancer = %peer, reason = %refused, "PROXY protocol: connection refused");
+            rec.reason = refused.to_string();
+            rec.finished = true;
+            return;
+        }
+    };
+    if let (Some((m, _)), Some(outcome)) = (cx.metrics, who.header) {
+        m.proxy_header(outcome);
+    }
+    rec.peer = who.peer;
+    rec.via = who.via;
+    rec.health_check = who.is_health_check();
+    // Held to the session's end: its place among the client's sessions.
+    let mut over_limit = None;
+    let _slot = match config.max_sessions_per_client {
+        Some(max) => match cx.per_client.acquire(who.peer.ip(), max) {
+            Some(slot) => Some(slot),
+            None => {
+                if let Some((m, _)) = cx.metrics {
+                    m.refused(Refusal::MaxSessionsPerClient);
+                }
+                tracing::warn!(peer = %who.peer, max, "max_sessions_per_client reached: refused");
+                over_limit = Some(max);
+                None
+            }
+        },
+        None => None,
+    };
+    handle(&mut client, &who, local, config, over_limit, &mut rec).await;
     rec.finished = true;
 }
 
 /// The steps of a session, each of which may end it: read the request, find the destination
-/// addresses, let the rules decide, check IDENT, then carry out the command.
-async fn handle(client: &mut TcpStream, peer: SocketAddr, local: SocketAddr, config: &Config, rec: &mut Record) {
-    let Some(request) = receive(client, config, rec).await else { return };
+/// addresses, let the rules decide, check IDENT, then carry out the command. A client over
+/// `max_sessions_per_client` (`over_limit`) is refused once its request is in (SOCKS5: "not
+/// allowed by ruleset", without a login).
+async fn handle(
+    client: &mut TcpStream,
+    who: &Client,
+    local: SocketAddr,
+    config: &Config,
+    over_limit: Option<usize>,
+    rec: &mut Record<'_>,
+) {
+    let limit = if over_limit.is_some() {
+        config.handshake_timeout.min(OVER_LIMIT_HANDSHAKE)
+    } else {
+        config.handshake_timeout
+    };
+    let deadline = tokio::time::Instant::from_std(rec.start) + limit;
+    let over = over_limit.is_some();
+    let Some(request) = receive(client, config, deadline, who.buffered.clone(), over, rec).await else { return };
+    if let Some(max) = over_limit {
+        rec.reason = format!("max_sessions_per_client: this client has {max} live sessions");
+        return refuse(client, rec, Outcome::NotAllowed).await;
+    }
+    let peer = who.peer;
     if request.command == Command::UdpAssociate {
-        return udp::associate(client, peer, local, &request, config, rec).await;
+        return udp::associate(client, who, local, &request, config, rec).await;
     }
     let query = |name, ip| request.query(peer.ip(), name, ip);
-    let (name, addrs) = match destination_addresses(&request, &query, config).await {
+    let (name, addrs) = match destination_addresses(&request, &query, config, &mut rec.resolve).await {
         Ok(found) => found,
         Err((reason, outcome)) => {
             rec.reason = reason;
@@ -309,7 +442,7 @@ async fn handle(client: &mut TcpStream, peer: SocketAddr, local: SocketAddr, con
             }
         };
     rec.set_rule(decision.rule, config);
-    if let Some(outcome) = check_ident(decision.ident, peer, local, &request.user, config, rec).await {
+    if let Some(outcome) = check_ident(decision.ident, who, local, &request.user, config, rec).await {
         return refuse(client, rec, outcome).await;
     }
     match request.command {
@@ -350,12 +483,19 @@ async fn read_message<T, E>(
     }
 }
 
-/// Reads the request within `handshake_timeout` (for SOCKS5: the greeting,
-/// the login and the request together) and notes it in the log record;
-/// `None` when the session is over (refused, or closed without a reply).
-async fn receive(client: &mut TcpStream, config: &Config, rec: &mut Record) -> Option<Request> {
-    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
-    let mut buf = Vec::with_capacity(64);
+/// Reads the request by `deadline` (for SOCKS5: the greeting, the login and
+/// the request together), after `buf` (bytes that came with a PROXY header),
+/// and notes it in the log record; `None` when the session is over (refused,
+/// or closed without a reply). A client `over_limit` is not offered a login.
+async fn receive(
+    client: &mut TcpStream,
+    config: &Config,
+    deadline: tokio::time::Instant,
+    mut buf: Vec<u8>,
+    over_limit: bool,
+    rec: &mut Record<'_>,
+) -> Option<Request> {
+    buf.reserve(64);
     let first = |b: &[u8]| Ok::<_, Infallible>(b.first().map(|&v| (v, 0)));
     let version = match timeout_at(deadline, read_message(client, &mut buf, first)).await {
         Err(_) => {
@@ -370,11 +510,23 @@ async fn receive(client: &mut TcpStream, config: &Config, rec: &mut Record) -> O
     };
     match version {
         4 if config.protocols.socks4 => receive_v4(client, buf, deadline, rec).await,
-        5 if config.protocols.socks5 => receive_v5(client, buf, deadline, config, rec).await,
+        5 if config.protocols.socks5 => receive_v5(client, buf, deadline, config, over_limit, rec).await,
         v => {
             // Not a client we serve: it could not read our reply anyway.
             rec.reason = match v {
                 4 | 5 => format!("request version {v}: protocol off: closed without reply"),
+                _ if balancer::looks_like_header(&buf) => {
+                    // A PROXY header from a source not in proxy_protocol_from: a spoofing
+                    // attempt, or a balancer missing from the list.
+                    if let Some((m, _)) = rec.metrics {
+                        m.proxy_header(ProxyOutcome::Untrusted);
+                    }
+                    tracing::warn!(
+                        peer = %rec.peer,
+                        "PROXY protocol header from a source not in proxy_protocol_from: refused"
+                    );
+                    "PROXY protocol header from an untrusted source: closed without reply".into()
+                }
                 _ => format!("request version {v}: closed without reply"),
             };
             None
@@ -386,7 +538,7 @@ async fn receive_v4(
     client: &mut TcpStream,
     mut buf: Vec<u8>,
     deadline: tokio::time::Instant,
-    rec: &mut Record,
+    rec: &mut Record<'_>,
 ) -> Option<Request> {
     rec.protocol = Some(Protocol::Socks4);
     let limits = v4::Limits::default();
@@ -458,7 +610,8 @@ async fn receive_v5(
     mut buf: Vec<u8>,
     deadline: tokio::time::Instant,
     config: &Config,
-    rec: &mut Record,
+    over_limit: bool,
+    rec: &mut Record<'_>,
 ) -> Option<Request> {
     rec.protocol = Some(Protocol::Socks5);
     let greeting = match timeout_at(deadline, read_message(client, &mut buf, Greeting::decode)).await {
@@ -476,7 +629,8 @@ async fn receive_v5(
         }
         Ok(Ok(g)) => g,
     };
-    let method = choose_method(&greeting, config.users.is_some());
+    // A client about to be refused gets no login: no password check spent on it.
+    let method = choose_method(&greeting, config.users.is_some() && !over_limit);
     if client.write_all(&MethodSelection::new(method).to_bytes()).await.is_err() {
         rec.reason = "client gone before the method selection".into();
         return None;
@@ -546,7 +700,7 @@ async fn login(
     buf: &mut Vec<u8>,
     deadline: tokio::time::Instant,
     users: Arc<Users>,
-    rec: &mut Record,
+    rec: &mut Record<'_>,
 ) -> Option<(Vec<u8>, bool)> {
     let request = match timeout_at(deadline, read_message(client, buf, PasswordRequest::decode)).await {
         Err(_) => {
@@ -603,6 +757,7 @@ async fn destination_addresses<'r>(
     request: &'r Request,
     query: &impl Fn(Option<&'r str>, Option<IpAddr>) -> Query<'r>,
     config: &Config,
+    resolved: &mut Option<ResolveOutcome>,
 ) -> Result<(Option<&'r str>, Vec<IpAddr>), (String, Outcome)> {
     if request.command == Command::Connect && request.port == 0 {
         // Nothing can listen on port 0: refused before any rule, lookup or
@@ -613,15 +768,19 @@ async fn destination_addresses<'r>(
     let (name, addrs) = match &request.host {
         Host::Ip(ip) => (None, vec![*ip]),
         Host::Name(name) if !rules::may_allow(&config.rules, &query(Some(name.as_str()), None)) => {
+            *resolved = Some(ResolveOutcome::Skipped);
             return Err(("refused by rules (name not looked up)".into(), Outcome::NotAllowed));
         }
         Host::Name(name) => {
             // SOCKS4 replies can only name IPv4 hosts.
             let families = if request.protocol == Protocol::Socks4 { Families::V4 } else { Families::Both };
-            let addrs = resolve(name, config.resolve_timeout, families)
-                .await
-                .map_err(|e| (format!("cannot resolve: {e}"), Outcome::HostUnreachable))?;
-            (Some(name.as_str()), addrs)
+            let found = resolve(name, config.resolve_timeout, families).await;
+            *resolved = Some(match &found {
+                Ok(_) => ResolveOutcome::Ok,
+                Err(e) if e == RESOLVE_TIMED_OUT => ResolveOutcome::Timeout,
+                Err(_) => ResolveOutcome::Failed,
+            });
+            (Some(name.as_str()), found.map_err(|e| (format!("cannot resolve: {e}"), Outcome::HostUnreachable))?)
         }
     };
     if addrs.iter().all(|ip| ip.is_unspecified()) && request.command == Command::Connect {
@@ -664,12 +823,15 @@ pub(crate) enum Families {
     Both,
 }
 
+/// The error text of a lookup that ran out of `resolve_timeout`.
+const RESOLVE_TIMED_OUT: &str = "timed out";
+
 /// The addresses of `name` (IPv4-mapped ones as IPv4), in the resolver's
 /// order, without repeats.
 pub(crate) async fn resolve(name: &str, limit: Duration, families: Families) -> Result<Vec<IpAddr>, String> {
     let found = timeout(limit, tokio::net::lookup_host((name, 0)))
         .await
-        .map_err(|_| "timed out".to_string())?
+        .map_err(|_| RESOLVE_TIMED_OUT.to_string())?
         .map_err(|e| e.to_string())?;
     let mut addrs = Vec::new();
     for addr in found {
@@ -685,18 +847,37 @@ pub(crate) async fn resolve(name: &str, limit: Duration, families: Families) -> 
 }
 
 /// Runs the IDENT check `mode` asks for; `Some(outcome)` refuses.
+///
+/// identd is asked about the client's own connection: from the client's port to the port it
+/// reached. Behind a load balancer that is the balancer's frontend port, and the query leaves
+/// from whatever address routes to the client (the address the client reached is the
+/// balancer's, not ours).
 pub(crate) async fn check_ident(
     mode: IdentMode,
-    peer: SocketAddr,
+    who: &Client,
     local: SocketAddr,
     user_id: &[u8],
     config: &Config,
-    rec: &mut Record,
+    rec: &mut Record<'_>,
 ) -> Option<Outcome> {
     if mode == IdentMode::Off {
         return None;
     }
-    match ident::lookup(local.ip(), peer, local.port(), config.ident_port, config.ident_timeout).await {
+    let from = match (who.via, who.peer.ip()) {
+        (None, _) => local.ip(),
+        (Some(_), IpAddr::V4(_)) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        (Some(_), IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let answer = ident::lookup(from, who.peer, who.reached.port(), config.ident_port, config.ident_timeout).await;
+    rec.ident = Some(match &answer {
+        Ok(id) if mode == IdentMode::Match && id != user_id => IdentOutcome::Mismatch,
+        Ok(_) => IdentOutcome::Ok,
+        Err(IdentError::Unreachable(_)) => IdentOutcome::Unreachable,
+        Err(IdentError::Timeout) => IdentOutcome::Timeout,
+        Err(IdentError::Error(_)) => IdentOutcome::Error,
+        Err(_) => IdentOutcome::Malformed,
+    });
+    match answer {
         Err(e) => {
             rec.reason = format!("ident: {e}");
             Some(Outcome::IdentUnreachable)
@@ -715,7 +896,7 @@ async fn connect(
     port: u16,
     leftover: &[u8],
     config: &Config,
-    rec: &mut Record,
+    rec: &mut Record<'_>,
 ) {
     // One time limit for all addresses of a name together.
     let attempt = async {
@@ -758,7 +939,7 @@ async fn bind(
     addrs: &[IpAddr],
     leftover: &[u8],
     config: &Config,
-    rec: &mut Record,
+    rec: &mut Record<'_>,
 ) {
     let listener = match bind_listener(local, addrs[0], config) {
         Ok(l) => l,
@@ -767,7 +948,10 @@ async fn bind(
             return refuse(client, rec, Outcome::GeneralFailure).await;
         }
     };
-    let reply = rec.reply_bytes(Outcome::Granted, listener.local_addr().ok());
+    // What the application server is told to connect to: the listener, or the address in
+    // front of it (`advertise`: a NAT, a load balancer).
+    let reply =
+        rec.reply_bytes(Outcome::Granted, listener.local_addr().ok().map(|a| config.advertise.reply_address(a)));
     if client.write_all(&reply).await.is_err() {
         return rec.reason = "client gone before the first reply".into();
     }
@@ -849,7 +1033,7 @@ pub(crate) async fn client_gone(client: &TcpStream) {
     }
 }
 
-async fn relay_with(client: &mut TcpStream, dest: &mut TcpStream, leftover: &[u8], rec: &mut Record) {
+async fn relay_with(client: &mut TcpStream, dest: &mut TcpStream, leftover: &[u8], rec: &mut Record<'_>) {
     if !leftover.is_empty() {
         if let Err(e) = dest.write_all(leftover).await {
             return rec.reason = format!("relay: {e}");
@@ -864,7 +1048,7 @@ async fn relay_with(client: &mut TcpStream, dest: &mut TcpStream, leftover: &[u8
 /// Sends a refusal and closes: our side shuts down at once (the client
 /// sees the reply and EOF), then we read what the client may still send,
 /// briefly, so the close does not reset the connection under the reply.
-pub(crate) async fn refuse(client: &mut TcpStream, rec: &mut Record, outcome: Outcome) {
+pub(crate) async fn refuse(client: &mut TcpStream, rec: &mut Record<'_>, outcome: Outcome) {
     let reply = rec.reply_bytes(outcome, None);
     if client.write_all(&reply).await.is_err() {
         return;

@@ -15,6 +15,7 @@ use socks4_proto::v5::{Address, Host, MAX_UDP_HEADER_LEN, UdpHeader};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpStream, UdpSocket};
 
+use crate::balancer::Client;
 use crate::config::Config;
 use crate::net;
 use crate::rules::{self, Action, IdentMode, Query};
@@ -49,12 +50,13 @@ pub struct UdpCounts {
 /// Serves a UDP ASSOCIATE request to the end of its control connection.
 pub(crate) async fn associate(
     client: &mut TcpStream,
-    peer: SocketAddr,
+    who: &Client,
     local: SocketAddr,
     request: &Request,
     config: &Config,
-    rec: &mut Record,
+    rec: &mut Record<'_>,
 ) {
+    let peer = who.peer;
     // The request names no destination: let it through if some allow rule
     // could match a datagram of this client's, and run the strictest IDENT
     // check such a rule asks for; each datagram then meets the rules.
@@ -64,7 +66,7 @@ pub(crate) async fn associate(
         return session::refuse(client, rec, Outcome::NotAllowed).await;
     };
     let mut ident = strictest;
-    if let Some(outcome) = session::check_ident(strictest, peer, local, &request.user, config, rec).await {
+    if let Some(outcome) = session::check_ident(strictest, who, local, &request.user, config, rec).await {
         // What IDENT did establish: identd answered (with another user id), or nothing.
         ident = if outcome == Outcome::IdentMismatch { IdentMode::Require } else { IdentMode::Off };
         if !modes.iter().any(|&m| m <= ident) {
@@ -72,14 +74,21 @@ pub(crate) async fn associate(
         }
         rec.reason.clear();
     }
-    let inside = match net::udp_socket(local.ip().to_canonical()) {
+    // Behind a load balancer the address the client reached is the balancer's: the relay
+    // socket listens on every address, and `advertise` says where the client finds it.
+    let inside_ip = match (who.via, local.ip().to_canonical()) {
+        (None, ip) => ip,
+        (Some(_), IpAddr::V4(_)) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        (Some(_), IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let inside = match net::udp_socket(inside_ip) {
         Ok(s) => s,
         Err(e) => {
             rec.reason = format!("udp relay socket: {e}");
             return session::refuse(client, rec, Outcome::GeneralFailure).await;
         }
     };
-    let reply = rec.reply_bytes(Outcome::Granted, inside.local_addr().ok());
+    let reply = rec.reply_bytes(Outcome::Granted, inside.local_addr().ok().map(|a| config.advertise.reply_address(a)));
     if tokio::io::AsyncWriteExt::write_all(client, &reply).await.is_err() {
         return rec.reason = "client gone before the reply".into();
     }
@@ -139,7 +148,7 @@ async fn readable(socket: Option<&UdpSocket>) -> io::Result<()> {
 }
 
 impl Relay<'_> {
-    async fn run(&mut self, client: &mut TcpStream, rec: &mut Record) {
+    async fn run(&mut self, client: &mut TcpStream, rec: &mut Record<'_>) {
         // Made when the first datagram comes: an association that never
         // sends one costs two sockets and no buffer.
         let mut buf = Vec::new();
@@ -191,7 +200,7 @@ impl Relay<'_> {
         }
     }
 
-    fn drop_datagram(rec: &mut Record, why: &str) {
+    fn drop_datagram(rec: &mut Record<'_>, why: &str) {
         tracing::debug!(peer = %rec.peer, why, "udp: datagram dropped");
         if let Some(c) = &mut rec.udp {
             c.dropped += 1;
@@ -200,7 +209,7 @@ impl Relay<'_> {
 
     /// A datagram at the relay port: sent on if it is the client's, whole,
     /// and allowed.
-    async fn client_datagram(&mut self, datagram: &[u8], from: SocketAddr, rec: &mut Record) {
+    async fn client_datagram(&mut self, datagram: &[u8], from: SocketAddr, rec: &mut Record<'_>) {
         if from.ip().to_canonical() != self.client_ip || self.client_port.is_some_and(|p| p != from.port()) {
             return Self::drop_datagram(rec, "not from the client");
         }
@@ -283,7 +292,7 @@ impl Relay<'_> {
 
     /// An answer from a far end (`buf[RESERVE..RESERVE + n]`): wrapped in
     /// the header naming it, and sent to the client.
-    fn answer_datagram(&mut self, buf: &mut [u8], n: usize, from: SocketAddr, rec: &mut Record) {
+    fn answer_datagram(&mut self, buf: &mut [u8], n: usize, from: SocketAddr, rec: &mut Record<'_>) {
         let from = SocketAddr::new(from.ip().to_canonical(), from.port());
         let Some(port) = self.client_port.filter(|_| self.peers.contains(&from)) else {
             return Self::drop_datagram(rec, "answer from a host the client did not write to");

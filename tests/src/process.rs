@@ -46,16 +46,24 @@ impl ChildGuard {
     /// stdout keeps being drained afterwards, so the child never blocks on
     /// a full pipe.
     pub fn stdout_line(&mut self, prefix: &'static str, timeout: Duration) -> Option<String> {
+        self.stdout_until(prefix, timeout).map(|(line, _)| line)
+    }
+
+    /// Like `stdout_line`, and also every line printed before that one (trimmed).
+    pub fn stdout_until(&mut self, prefix: &'static str, timeout: Duration) -> Option<(String, Vec<String>)> {
         let stdout = self.child.stdout.take().expect("the child's stdout is piped");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
+            let mut before = Vec::new();
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(rest) = line.trim().strip_prefix(prefix)
                     && let Some(tx) = tx.take()
                 {
-                    let _ = tx.send(rest.trim().to_string());
+                    let _ = tx.send((rest.trim().to_string(), std::mem::take(&mut before)));
+                } else if tx.is_some() {
+                    before.push(line.trim().to_string());
                 }
             }
         });

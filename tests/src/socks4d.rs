@@ -21,6 +21,8 @@ pub struct Socks4dOptions {
 pub struct Socks4d {
     /// The address socks4d printed as `listening <ADDR>`.
     pub addr: SocketAddr,
+    /// The address it printed as `metrics <ADDR>` (config key `metrics`), if any.
+    pub metrics: Option<SocketAddr>,
     log_path: std::path::PathBuf,
     child: ChildGuard,
     // Dropped after the child: the log stays readable until the very end.
@@ -73,8 +75,8 @@ impl Socks4d {
             .stdout(Stdio::piped())
             .stderr(log);
         let mut child = ChildGuard::spawn("socks4d", &mut cmd);
-        let addr = match child.stdout_line("listening ", Duration::from_secs(10)) {
-            Some(addr) => addr,
+        let (addr, before) = match child.stdout_until("listening ", Duration::from_secs(10)) {
+            Some(found) => found,
             None => {
                 let status = child.stop();
                 panic!(
@@ -84,7 +86,8 @@ impl Socks4d {
             }
         };
         let addr = addr.parse().unwrap_or_else(|e| panic!("socks4d printed `listening {addr}`: {e}"));
-        Socks4d { addr, log_path, child, _dir: dir }
+        let metrics = before.iter().find_map(|l| l.strip_prefix("metrics ")?.parse().ok());
+        Socks4d { addr, metrics, log_path, child, _dir: dir }
     }
 
     /// socks4d's stderr (its tracing log) so far.
@@ -99,5 +102,11 @@ impl Socks4d {
     /// Kills socks4d now (it is also killed on drop); the log stays readable.
     pub fn stop(&mut self) {
         self.child.stop();
+    }
+
+    /// SIGKILL, as a crash would: no drain, listeners gone at once.
+    pub fn crash(&mut self) {
+        let _ = self.child.child_mut().kill();
+        let _ = self.child.child_mut().wait();
     }
 }
