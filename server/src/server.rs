@@ -48,6 +48,9 @@ struct Shared {
     live: RwLock<Arc<Live>>,
     /// Live sessions (not counting clients being refused for the cap).
     active: Arc<AtomicUsize>,
+    /// The most sessions live at once since the heap trimmer last looked: a burst that comes
+    /// and goes between two of its looks still counts (memory.rs).
+    peak: AtomicUsize,
     refusing: AtomicUsize,
     /// `None`: `metrics` is off, nothing is counted.
     metrics: Option<Arc<Metrics>>,
@@ -184,6 +187,7 @@ impl Server {
         let mut shared = Shared {
             live: RwLock::new(Arc::new(Live { config: Arc::new(Config::default()), rule_hits: RuleHits::default() })),
             active,
+            peak: AtomicUsize::new(0),
             refusing: AtomicUsize::new(0),
             metrics,
             per_client: Arc::new(PerClient::default()),
@@ -191,7 +195,11 @@ impl Server {
         shared.live = RwLock::new(shared.make_live(config));
         let shared = Arc::new(shared);
         let weak = Arc::downgrade(&shared);
-        crate::memory::spawn_trimmer(move || weak.upgrade().map(|s| s.active.load(Ordering::Relaxed)));
+        crate::memory::spawn_trimmer(move || {
+            let s = weak.upgrade()?;
+            let now = s.active.load(Ordering::Relaxed);
+            Some((now, s.peak.swap(now, Ordering::Relaxed).max(now)))
+        });
         let (stop, _) = watch::channel(false);
         let (kill, _) = watch::channel(false);
         let mut accept_tasks: Vec<JoinHandle<()>> = listeners
@@ -339,11 +347,13 @@ async fn accept_loop(
             }
         };
         let live = shared.live();
-        if shared.active.fetch_add(1, Ordering::SeqCst) >= live.config.max_connections {
+        let before = shared.active.fetch_add(1, Ordering::SeqCst);
+        if before >= live.config.max_connections {
             shared.active.fetch_sub(1, Ordering::SeqCst);
             refuse_over_cap(stream, peer, &shared);
             continue;
         }
+        shared.peak.fetch_max(before + 1, Ordering::Relaxed);
         let guard = ActiveGuard(shared.clone());
         let mut kill = kill.clone();
         tokio::spawn(busy_poll::counted(async move {
