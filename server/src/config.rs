@@ -862,6 +862,19 @@ ident = "match"
         assert!(parse_duration("99999999999999999999999s").is_err());
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
         assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+        // The longest limit is a (leap) year, 366 days, itself included.
+        assert_eq!(parse_duration("8784h"), Ok(Duration::from_secs(366 * 24 * 3600)));
+        assert!(parse_duration("8785h").is_err());
+        assert!(parse_duration("31622401s").is_err());
+    }
+
+    /// Where toml names no key, the error's key comes from the line itself: `key = ...`, a
+    /// `[table]` header (even one with a `=` in it), or `(file)` for a line that is neither.
+    #[test]
+    fn the_key_of_an_error_is_read_from_its_line() {
+        assert_eq!(invalid("[a=b]\n").1, "[a=b]");
+        assert_eq!(invalid("\ngarbage\n").1, "(file)");
+        assert_eq!(invalid("\ngarbage\n").0, 2);
     }
 
     #[test]
@@ -876,6 +889,14 @@ ident = "match"
         let c = Config::parse("external = \"::1\"", "t.toml").unwrap();
         assert_eq!(c.external, External { v4: None, v6: Some(Ipv6Addr::LOCALHOST) });
         assert_eq!(Config::parse(&c.to_string(), "t.toml").unwrap(), c);
+        // A list of one is one address; three is one too many.
+        let c = Config::parse("external = [\"127.0.0.2\"]", "t.toml").unwrap();
+        assert_eq!(c.external, External { v4: Some(Ipv4Addr::new(127, 0, 0, 2)), v6: None });
+        assert_eq!(invalid("external = [\"127.0.0.2\", \"::1\", \"127.0.0.3\"]\n").1, "external");
+        assert_eq!(invalid("external = []\n").1, "external");
+        let c = Config::parse("advertise = [\"203.0.113.7\"]", "t.toml").unwrap();
+        assert_eq!(Config::parse(&c.to_string(), "t.toml").unwrap(), c);
+        assert_eq!(invalid("advertise = [\"203.0.113.7\", \"2001:db8::7\", \"203.0.113.8\"]\n").1, "advertise");
     }
 
     #[test]

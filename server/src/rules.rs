@@ -403,6 +403,9 @@ mod tests {
         assert_eq!(DestPattern::parse("::1"), Some(DestPattern::Net("::1/128".parse().unwrap())));
         assert_eq!(DestPattern::parse("2001:db8::1/32").unwrap().to_string(), "2001:db8::/32");
         assert_eq!(DestPattern::parse("::/200"), None);
+        // Mapped IPv4 networks are IPv4 networks; wider IPv6 networks stay IPv6.
+        assert_eq!(DestPattern::parse("::ffff:10.0.0.0/104"), Some(DestPattern::Net("10.0.0.0/8".parse().unwrap())));
+        assert_eq!(DestPattern::parse("::ffff:0.0.0.0/95").unwrap().to_string(), "::fffe:0:0/95");
         assert_eq!(DestPattern::parse("10.0.0.0/40"), None);
         assert_eq!(DestPattern::parse("*."), None);
         assert_eq!(DestPattern::parse("a b"), None);
