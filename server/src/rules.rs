@@ -394,6 +394,24 @@ mod tests {
         assert_eq!(evaluate(&rules, &q("127.0.0.1", Some("192.0.2.1"), Some("example.com"))).rule, None);
     }
 
+    /// A UDP association's IDENT check: the modes of the allow rules that could match its
+    /// client, whatever the destination; deny rules and other clients' rules do not count.
+    #[test]
+    fn udp_ident_modes_are_those_of_the_clients_allow_rules() {
+        let rule = |action, from: &str, ident| Rule { from: vec![from.parse().unwrap()], ident, ..Rule::new(action) };
+        let rules = Rules {
+            rules: vec![
+                rule(Action::Deny, "127.0.0.0/8", IdentMode::Match),
+                rule(Action::Allow, "10.0.0.0/8", IdentMode::Require),
+                rule(Action::Allow, "127.0.0.0/8", IdentMode::Off),
+            ],
+        };
+        let modes = |client: &str| udp_ident_modes(&rules, &q(client, None, None)).collect::<Vec<_>>();
+        assert_eq!(modes("127.0.0.1"), [IdentMode::Off]);
+        assert_eq!(modes("10.1.1.1"), [IdentMode::Require]);
+        assert_eq!(modes("192.0.2.1"), []);
+    }
+
     #[test]
     fn patterns_parse() {
         assert_eq!(DestPattern::parse("10.1.2.3"), Some(DestPattern::Net("10.1.2.3/32".parse().unwrap())));

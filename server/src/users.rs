@@ -51,19 +51,8 @@ impl Users {
     /// or is too large); [`ConfigError::Invalid`] naming the users file's
     /// own line for a bad line.
     pub fn load(path: &Path) -> Result<Users, ConfigError> {
-        let file = path.display().to_string();
-        let read_error = |source| ConfigError::Read { file: file.clone(), source };
-        let meta = std::fs::metadata(path).map_err(read_error)?;
-        if !meta.is_file() {
-            return Err(read_error(std::io::Error::other("not a regular file")));
-        }
-        let mut text = String::new();
-        std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text))
-            .map_err(read_error)?;
-        if text.len() as u64 > MAX_FILE_BYTES {
-            return Err(read_error(std::io::Error::other(format!("larger than {MAX_FILE_BYTES} bytes"))));
-        }
+        let text = read_capped(path, MAX_FILE_BYTES)
+            .map_err(|source| ConfigError::Read { file: path.display().to_string(), source })?;
         Users::parse(&text, path)
     }
 
@@ -137,6 +126,20 @@ impl Users {
     }
 }
 
+/// The text of a regular file of at most `cap` bytes (a larger one, or a
+/// FIFO or a device, is an error, never a hang or a huge read).
+fn read_capped(path: &Path, cap: u64) -> std::io::Result<String> {
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(cap + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > cap {
+        return Err(std::io::Error::other(format!("larger than {cap} bytes")));
+    }
+    Ok(text)
+}
+
 /// The cost of a well-formed bcrypt hash (`$2a$`, `$2b$`, `$2x$`, `$2y$`,
 /// two-digit cost 4-31, 53 characters of salt and hash), else `None`.
 fn bcrypt_cost(hash: &str) -> Option<u32> {
@@ -166,6 +169,57 @@ mod tests {
             }
             other => panic!("expected an error: {other:?}"),
         }
+    }
+
+    /// A well-formed hash of cost `cost` (never verified here, so any salt and hash will do).
+    fn hash_of_cost(cost: &str) -> String {
+        format!("$2y${cost}${}", "a".repeat(53))
+    }
+
+    #[test]
+    fn limits_of_names_costs_and_hashes() {
+        let name = |len: usize| format!("{}:{}\n", "n".repeat(len), hash_of_cost("04"));
+        assert_eq!(users(&name(255)).map(|u| u.len()).ok(), Some(1));
+        assert_eq!(line_of(&format!("{}{}", name(1), name(256))), 2);
+        // Two cheap users besides: the dummy hash then costs 4, not 17 (seconds).
+        let cheap = format!("b:{}\nc:{}\n", hash_of_cost("04"), hash_of_cost("04"));
+        assert_eq!(users(&format!("a:{}\n{cheap}", hash_of_cost("17"))).map(|u| u.len()).ok(), Some(3));
+        assert_eq!(line_of(&format!("a:{}\n", hash_of_cost("18"))), 1);
+        for bad in ["4", "03", "32", "99", "004"] {
+            assert_eq!(line_of(&format!("a:{}\n", hash_of_cost(bad))), 1, "cost {bad:?}");
+        }
+        assert_eq!(line_of("a:$2y$04$short\n"), 1);
+        assert!(users("# nobody yet\n").unwrap().is_empty());
+        assert!(!users(FRED).unwrap().is_empty());
+    }
+
+    /// The dummy hash an unknown name is checked against has the cost most users have, so that
+    /// it takes as long as most wrong passwords.
+    #[test]
+    fn the_dummy_hash_has_the_commonest_cost() {
+        let text = format!("a:{}\nb:{}\nc:{}\n", hash_of_cost("04"), hash_of_cost("06"), hash_of_cost("04"));
+        assert!(users(&text).unwrap().dummy.starts_with("$2y$04$"));
+        let text = format!("a:{}\nb:{}\nc:{}\n", hash_of_cost("06"), hash_of_cost("04"), hash_of_cost("06"));
+        assert!(users(&text).unwrap().dummy.starts_with("$2y$06$"));
+    }
+
+    /// Debug (panics, logs) shows the names, never a hash.
+    #[test]
+    fn debug_shows_names_not_hashes() {
+        let shown = format!("{:?}", users(FRED).unwrap());
+        assert!(shown.contains("\"fred\"") && !shown.contains("$2y$"), "{shown}");
+    }
+
+    #[test]
+    fn file_size_is_capped_exactly() {
+        let dir = std::env::temp_dir().join(format!("socks4d-users-cap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("users");
+        std::fs::write(&path, "x".repeat(100)).unwrap();
+        assert_eq!(read_capped(&path, 100).map(|t| t.len()).ok(), Some(100));
+        assert!(read_capped(&path, 99).is_err());
+        assert!(read_capped(&dir, 100).is_err(), "a directory");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
