@@ -152,7 +152,8 @@ impl fmt::Display for DestPattern {
 /// form, so the mapped spelling would otherwise match nothing.
 fn canonical_net(net: IpNet) -> IpNet {
     match net {
-        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+        // A network of fewer than 96 bits cannot begin with ::ffff: (its low bits are zero).
+        IpNet::V6(v6) => match v6.network().to_ipv4_mapped() {
             Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map(IpNet::V4).unwrap_or(net),
             None => net,
         },

@@ -184,7 +184,7 @@ mod tests {
         // Two cheap users besides: the dummy hash then costs 4, not 17 (seconds).
         let cheap = format!("b:{}\nc:{}\n", hash_of_cost("04"), hash_of_cost("04"));
         assert_eq!(users(&format!("a:{}\n{cheap}", hash_of_cost("17"))).map(|u| u.len()).ok(), Some(3));
-        assert_eq!(line_of(&format!("a:{}\n", hash_of_cost("18"))), 1);
+        assert_eq!(line_of(&format!("{cheap}a:{}\n", hash_of_cost("18"))), 3);
         for bad in ["4", "03", "32", "99", "004"] {
             assert_eq!(line_of(&format!("a:{}\n", hash_of_cost(bad))), 1, "cost {bad:?}");
         }
