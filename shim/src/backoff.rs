@@ -30,6 +30,21 @@ struct Slot {
     errno: AtomicI32,
 }
 
+impl Slot {
+    /// At `now` (nanoseconds): the errno that put it down and how long it stays down, if it is.
+    fn down_at(&self, now: u64) -> Option<(Errno, Duration)> {
+        let until = self.down_until.load(Ordering::Acquire);
+        (until > now).then(|| (self.errno.load(Ordering::Relaxed), Duration::from_nanos(until - now)))
+    }
+
+    /// Down from `now` for `period`, with `errno`.
+    fn mark_down_at(&self, errno: Errno, period: Duration, now: u64) {
+        let until = now.saturating_add(u64::try_from(period.as_nanos()).unwrap_or(u64::MAX));
+        self.errno.store(errno, Ordering::Relaxed);
+        self.down_until.store(until, Ordering::Release);
+    }
+}
+
 #[repr(C)]
 struct Table {
     slots: [Slot; SLOTS],
@@ -98,18 +113,14 @@ fn now() -> u64 {
 
 /// If upstream `slot` is down: the errno that put it down and how long it stays down.
 pub fn down(slot: usize) -> Option<(Errno, Duration)> {
-    let s = table().slots.get(slot)?;
-    let until = s.down_until.load(Ordering::Acquire);
-    let now = now();
-    (until > now).then(|| (s.errno.load(Ordering::Relaxed), Duration::from_nanos(until - now)))
+    table().slots.get(slot)?.down_at(now())
 }
 
 /// Upstream `slot` failed with `errno`: skip it for `period`.
 pub fn mark_down(slot: usize, errno: Errno, period: Duration) {
-    let Some(s) = table().slots.get(slot) else { return };
-    let until = now().saturating_add(u64::try_from(period.as_nanos()).unwrap_or(u64::MAX));
-    s.errno.store(errno, Ordering::Relaxed);
-    s.down_until.store(until, Ordering::Release);
+    if let Some(s) = table().slots.get(slot) {
+        s.mark_down_at(errno, period, now());
+    }
 }
 
 /// Upstream `slot` answered: up again for everyone.
@@ -141,6 +152,19 @@ mod tests {
         assert_eq!(down(9), None);
         assert_eq!(down(SLOTS), None, "out of range is up, never a panic");
         mark_down(SLOTS, 1, Duration::from_secs(1));
+    }
+
+    /// The period is exact to the nanosecond: down until its last one, up from the deadline on.
+    #[test]
+    fn down_until_the_deadline_exactly() {
+        let s = Slot { down_until: AtomicU64::new(0), errno: AtomicI32::new(0) };
+        assert_eq!(s.down_at(1), None, "all zeroes: up");
+        s.mark_down_at(libc::EHOSTUNREACH, Duration::from_nanos(500), 1_000);
+        assert_eq!(s.down_at(1_000), Some((libc::EHOSTUNREACH, Duration::from_nanos(500))));
+        assert_eq!(s.down_at(1_499), Some((libc::EHOSTUNREACH, Duration::from_nanos(1))));
+        assert_eq!(s.down_at(1_500), None);
+        s.mark_down_at(libc::ETIMEDOUT, Duration::MAX, 1_000);
+        assert_eq!(s.down_at(u64::MAX - 1), Some((libc::ETIMEDOUT, Duration::from_nanos(1))), "saturates");
     }
 
     /// What a forked child learns, its parent knows, and the other way round.

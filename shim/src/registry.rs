@@ -139,7 +139,8 @@ impl Registry {
 
     /// Forgets descriptors `first..=last` (close_range).
     pub fn remove_range(&self, first: Fd, last: Fd) {
-        if self.is_empty() || first > last {
+        // An empty range (first > last) retains every descriptor by itself.
+        if self.is_empty() {
             return;
         }
         self.with(|i| i.map.retain(|&fd, _| fd < first || fd > last));
@@ -234,6 +235,9 @@ pub fn install_fork_handlers() {
 mod tests {
     use super::*;
 
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
     use crate::route::{Carrier, RouteId};
     use crate::sockaddr::canonical;
 
@@ -292,6 +296,35 @@ mod tests {
     }
 
     #[test]
+    fn close_range_of_one_and_empty_ranges() {
+        let r = Registry::new();
+        for fd in 3..6 {
+            connect(&r, fd, "10.0.0.5:21", None);
+        }
+        r.remove_range(4, 4);
+        r.remove_range(5, 3);
+        let left: Vec<Fd> = (3..6).filter(|&fd| r.contains(fd)).collect();
+        assert_eq!(left, [3, 5]);
+    }
+
+    #[test]
+    fn contains_only_managed_descriptors() {
+        let r = Registry::new();
+        assert!(!r.contains(3));
+        r.insert(3, SocketState::BoundAnyPort { addr: "0.0.0.0:0".parse().unwrap() });
+        assert!(r.contains(3));
+        assert!(!r.contains(4));
+    }
+
+    #[test]
+    fn dup2_onto_itself_keeps_the_state() {
+        let r = Registry::new();
+        connect(&r, 5, "10.0.0.5:21", None);
+        r.duplicate(5, 5);
+        assert!(matches!(r.get(5), Some(SocketState::Connected { .. })));
+    }
+
+    #[test]
     fn bind_destination_is_the_connection_with_that_local_address() {
         let r = Registry::new();
         connect(&r, 3, "10.0.0.5:21", Some("192.0.2.1:4000"));
@@ -302,6 +335,9 @@ mod tests {
         assert_eq!(r.connection_with_local_ip("192.0.2.1".parse().unwrap()), Some(v4("10.0.0.7:80")));
         assert_eq!(r.connection_with_local_ip("192.0.2.9".parse().unwrap()), None);
         assert_eq!(r.latest_connection(), Some(v4("10.0.0.7:80")));
+        // The most recent by CONNECT order, not by descriptor number.
+        connect(&r, 2, "10.0.0.8:80", Some("192.0.2.1:4003"));
+        assert_eq!(r.connection_with_local_ip("192.0.2.1".parse().unwrap()), Some(v4("10.0.0.8:80")));
     }
 
     #[test]
@@ -326,6 +362,104 @@ mod tests {
         r.claim(42);
         assert!(!r.is_foreign(42));
         assert!(r.is_foreign(43));
+    }
+
+    /// The fork handlers, installed once for the whole test process: pthread_atfork keeps them,
+    /// and a second set would lock the registry twice before a fork.
+    fn fork_handlers() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(install_fork_handlers);
+    }
+
+    /// Runs `child` in a forked child; whether it answered true. A child that has not exited
+    /// within 5 s (stuck on a lock it inherited held) is killed and counts as false.
+    fn in_child(child: impl FnOnce() -> bool) -> bool {
+        // SAFETY: the child only uses the registry (its lock is released by the fork handlers) and
+        // _exits without returning to the test harness.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(false);
+            // SAFETY: leaving the child without running the test harness's destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut status = 0;
+        loop {
+            // SAFETY: polling for our own child.
+            if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+                return libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+            }
+            if Instant::now() > deadline {
+                // SAFETY: killing and reaping our own child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `f` on another thread, within 5 s: a registry lock left held makes it wait forever.
+    fn within_5s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(Duration::from_secs(5)).ok()
+    }
+
+    fn bound() -> SocketState {
+        SocketState::BoundAnyPort { addr: "0.0.0.0:0".parse().unwrap() }
+    }
+
+    // The global registry is shared by the tests below: each uses its own descriptor numbers,
+    // far above any real one.
+
+    #[test]
+    fn the_global_registry_is_one_and_belongs_to_this_process() {
+        fork_handlers();
+        global().insert(1_000_001, bound());
+        assert_eq!(global().get(1_000_001), Some(bound()));
+        global().remove(1_000_001);
+        assert!(!global().is_foreign(crate::sys::pid()));
+        assert!(global().is_foreign(crate::sys::pid() + 1), "claimed for this pid");
+    }
+
+    #[test]
+    fn a_fork_child_owns_its_copy_and_both_sides_can_lock_it() {
+        fork_handlers();
+        global().insert(1_000_002, bound());
+        let child = in_child(|| {
+            let pid = crate::sys::pid();
+            !global().is_foreign(pid) && global().remove(1_000_002) == Some(bound())
+        });
+        assert!(child, "the child could not use its registry (not claimed, or its lock held)");
+        assert_eq!(
+            within_5s(|| global().remove(1_000_002)),
+            Some(Some(bound())),
+            "the parent's lock held, or its state lost"
+        );
+    }
+
+    #[test]
+    fn fork_waits_for_a_registry_operation_in_flight() {
+        fork_handlers();
+        global().insert(1_000_003, bound());
+        let (held_tx, held_rx) = mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            global().update(1_000_003, |_| {
+                held_tx.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+            })
+        });
+        held_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        // Another thread holds the lock now: the fork must wait for it, or the child inherits a
+        // lock held by a thread it does not have.
+        let child = in_child(|| global().get(1_000_003) == Some(bound()));
+        assert!(child, "the child inherited the registry locked");
+        assert_eq!(holder.join().unwrap(), Some(()));
+        global().remove(1_000_003);
     }
 
     #[test]

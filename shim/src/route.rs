@@ -263,6 +263,38 @@ via = "direct"
         assert_eq!(c.route_name(RouteId::Rule(1)).to_string(), "route 2 (line 8)");
     }
 
+    /// The hops a connection went through: the one failover entry that answered, or the whole
+    /// chain; none for a direct or blocked route, or a pick that is not there.
+    #[test]
+    fn hops_of_a_carrier() {
+        let c = file(
+            r#"
+server = "socks5://10.0.0.1:1080, socks5://10.0.0.2:1080"
+[[route]]
+to = ["10.9.0.0/16"]
+chain = ["socks5h://10.0.0.3:1080", "socks5://10.0.0.4:1080"]
+[[route]]
+to = ["10.8.0.0/16"]
+via = "direct"
+"#,
+        );
+        let hops = |route, pick| c.hops(Carrier { route, pick }).to_vec();
+        assert_eq!(hops(RouteId::Default, 0), [0]);
+        assert_eq!(hops(RouteId::Default, 1), [1]);
+        assert_eq!(hops(RouteId::Default, 2), [0usize; 0]);
+        assert_eq!(hops(RouteId::Rule(0), 0), [2, 3]);
+        assert_eq!(hops(RouteId::Rule(1), 0), [0usize; 0]);
+        assert_eq!(hops(RouteId::Rule(7), 0), [0usize; 0], "no such route: blocked");
+        assert_eq!(c.route_name(RouteId::Default).to_string(), "the default route (server)");
+    }
+
+    #[test]
+    fn a_conn_shows_its_destination() {
+        let carrier = Carrier { route: RouteId::Rule(1), pick: 2 };
+        assert_eq!(Conn { dest: "10.0.0.5:21".parse().unwrap(), carrier }.to_string(), "10.0.0.5:21");
+        assert_eq!(Conn { dest: "[2001:db8::1]:443".parse().unwrap(), carrier }.to_string(), "[2001:db8::1]:443");
+    }
+
     #[test]
     fn placeholders_for_names_routed_by_name_or_sent_to_the_server() {
         let c = file(

@@ -332,9 +332,8 @@ fn read_message<T>(
 ) -> Result<T, ExchangeError> {
     let mut received = 0;
     loop {
-        if received > 0
-            && let Some((message, _)) = decode(&buf[..received])?
-        {
+        // No bytes yet decode as "need more" too.
+        if let Some((message, _)) = decode(&buf[..received])? {
             return Ok(message);
         }
         match sys::recv(fd, &mut buf[received..], 0) {

@@ -183,19 +183,18 @@ fn host_port(s: &str, port_optional: bool) -> Result<(String, u16), String> {
     Ok((host.to_owned(), port))
 }
 
-/// RFC 3986 percent-decoding; None for a broken escape.
+/// RFC 3986 percent-decoding (`%` and exactly two hex digits); None for a broken escape.
 fn percent_decode(s: &str) -> Option<Vec<u8>> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
+    // Each digit alone: `u8::from_str_radix` would also take a sign (`%+1`).
+    let hex = |b: Option<&u8>| b.and_then(|&b| char::from(b).to_digit(16)).map(|d| d as u8);
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.as_bytes().iter();
+    while let Some(&b) = bytes.next() {
+        if b == b'%' {
+            let (high, low) = (hex(bytes.next())?, hex(bytes.next())?);
+            out.push(high * 16 + low);
         } else {
-            out.push(bytes[i]);
-            i += 1;
+            out.push(b);
         }
     }
     Some(out)
@@ -284,6 +283,55 @@ mod tests {
     }
 
     #[test]
+    fn percent_escapes_are_two_hex_digits() {
+        assert_eq!(percent_decode("a%41%7a%7E%00%ff%FFz"), Some(b"aAz~\0\xff\xffz".to_vec()));
+        assert_eq!(percent_decode(""), Some(Vec::new()));
+        for bad in ["%", "%4", "x%4", "%4g", "%g4", "%+1", "%-1", "% 1", "%\u{e9}1"] {
+            assert_eq!(percent_decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn user_and_password_are_1_to_255_bytes() {
+        let long = |n: usize| "u".repeat(n);
+        assert_eq!(parse(&format!("socks5://{}@h:1", long(255))).user.map(|u| u.len()), Some(255));
+        let e = Url::parse(&format!("socks5://{}@h:1", long(256))).unwrap_err();
+        assert!(e.contains("the user name must be 1 to 255 bytes"), "{e}");
+        let u = parse(&format!("socks5://u:{}@h:1", long(255)));
+        assert_eq!(u.password.map(|p| p.0.len()), Some(255));
+        let e = Url::parse(&format!("socks5://u:{}@h:1", long(256))).unwrap_err();
+        assert!(e.contains("the password must be 1 to 255 bytes"), "{e}");
+        // Escapes count as the bytes they stand for.
+        assert_eq!(parse(&format!("socks5://{}@h:1", "%41".repeat(255))).user.map(|u| u.len()), Some(255));
+    }
+
+    #[test]
+    fn ip_is_the_literal_host_only() {
+        assert_eq!(parse("socks5://10.0.0.1:1080").ip(), Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(parse("socks5://[2001:db8::1]:1080").ip(), Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(parse("socks5://proxy.example:1080").ip(), None);
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        assert_eq!(format!("{:?}", Secret::new("s3cret")), "Secret(..)");
+        let u = parse("socks5://alice:s3cret@10.0.0.1:1080");
+        assert!(format!("{u:?}").contains("password: Some(Secret(..))"), "{u:?}");
+    }
+
+    /// Only a SOCKS5 upstream logs in; a SOCKS4 URL's user is its USERID, whatever else is set.
+    #[test]
+    fn login_is_socks5_only() {
+        let upstream = |url: &str| Upstream { url: parse(url), addr: None, sends_names: false };
+        let u = upstream("socks5://alice:s3cret@10.0.0.1:1080");
+        assert_eq!(u.login(), Some((&b"alice"[..], &b"s3cret"[..])));
+        assert_eq!(upstream("socks5://alice@10.0.0.1:1080").login(), None, "no password yet");
+        let mut u = upstream("socks4://alice@10.0.0.1:1080");
+        u.url.password = Some(Secret::new("s3cret"));
+        assert_eq!(u.login(), None);
+    }
+
+    #[test]
     fn bad_urls_are_refused_without_quoting_the_password() {
         for (url, want) in [
             ("http://proxy:3128", "unknown scheme"),
@@ -293,6 +341,8 @@ mod tests {
             ("socks5://pro xy:1080", "not an address"),
             ("socks5://2001:db8::1:1080", "brackets"),
             ("socks5://[2001:db8::1:1080", "closing"),
+            ("socks5://[2001:db8::1]1080", "unexpected `1080` after the address"),
+            ("socks5://[2001:db8::1]x:1080", "unexpected `x:1080` after the address"),
             ("socks5://proxy:1080/path", "no path"),
             ("socks5://:pw@proxy:1080", "user name"),
             ("socks5://u:@proxy:1080", "password must"),

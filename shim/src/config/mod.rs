@@ -307,7 +307,9 @@ struct FileRoute {
 ///
 /// The first unusable key, with its line: a syntax error, an unknown key, a wrong type or a bad value.
 pub fn parse_file(path: &str, text: &str) -> Result<Partial, ConfigError> {
-    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    // An error at the end (an unclosed array) belongs to the last line written, not the empty
+    // one after it.
+    let line_of = |offset: usize| text[..offset.min(text.trim_end().len())].matches('\n').count() + 1;
     let origin_at =
         |offset: usize, key: &str| Origin { origin: path.to_owned(), line: Some(line_of(offset)), key: key.to_owned() };
     let error_at = |offset: usize, key: Option<&str>, message: String| {
@@ -464,8 +466,10 @@ fn key_on_line(text: &str, line: usize) -> String {
         return this.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
     }
     let key = this.split('=').next().unwrap_or("").trim().trim_matches('"').to_owned();
-    let section = lines[..line - 1]
+    // Up to this line itself, which is no header.
+    let section = lines
         .iter()
+        .take(line)
         .rev()
         .map(|l| l.trim())
         .find(|l| l.starts_with('['))
@@ -680,36 +684,59 @@ const UNINIT: u8 = 0;
 const LOADING: u8 = 1;
 const READY: u8 = 2;
 
-static STATE: AtomicU8 = AtomicU8::new(UNINIT);
-static CONFIG: OnceLock<Config> = OnceLock::new();
-static FALLBACK: OnceLock<Config> = OnceLock::new();
+/// A configuration loaded once, by the first caller; the others wait for it (bounded).
+struct LoadOnce {
+    state: AtomicU8,
+    config: OnceLock<Config>,
+    fallback: OnceLock<Config>,
+}
+
+impl LoadOnce {
+    const fn new() -> LoadOnce {
+        LoadOnce { state: AtomicU8::new(UNINIT), config: OnceLock::new(), fallback: OnceLock::new() }
+    }
+
+    /// The configuration `load` made, calling it in the first caller only. Another caller waits
+    /// up to `patience` for it, then gets a fail-closed configuration instead.
+    fn get(&self, load: impl FnOnce() -> Config, patience: Duration) -> &Config {
+        if let Some(c) = self.config.get() {
+            return c;
+        }
+        if self.state.compare_exchange(UNINIT, LOADING, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            let config = load();
+            let c = self.config.get_or_init(|| config);
+            self.state.store(READY, Ordering::Release);
+            return c;
+        }
+        let start = Instant::now();
+        while start.elapsed() < patience {
+            if let Some(c) = self.config.get() {
+                return c;
+            }
+            std::thread::yield_now();
+        }
+        self.fallback.get_or_init(|| Config::fail_closed(default_direct()))
+    }
+}
+
+static CONFIG: LoadOnce = LoadOnce::new();
 
 /// The process's configuration, loaded on first use (normally by the library constructor).
 ///
 /// Never blocks on itself: it is called only inside the re-entrancy guard, so the thread that
 /// loads cannot come back here; other threads wait for it (bounded), then fail closed.
 pub fn get() -> &'static Config {
-    if let Some(c) = CONFIG.get() {
-        return c;
-    }
-    if STATE.compare_exchange(UNINIT, LOADING, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-        let (config, error) = load();
-        crate::log::set_debug(config.debug);
-        if let Some(e) = error {
-            crate::log::error!("{e}; proxied connections will fail (EACCES) until it is fixed");
-        }
-        let c = CONFIG.get_or_init(|| config);
-        STATE.store(READY, Ordering::Release);
-        return c;
-    }
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        if let Some(c) = CONFIG.get() {
-            return c;
-        }
-        std::thread::yield_now();
-    }
-    FALLBACK.get_or_init(|| Config::fail_closed(default_direct()))
+    CONFIG.get(
+        || {
+            let (config, error) = load();
+            crate::log::set_debug(config.debug);
+            if let Some(e) = error {
+                crate::log::error!("{e}; proxied connections will fail (EACCES) until it is fixed");
+            }
+            config
+        },
+        Duration::from_secs(10),
+    )
 }
 
 #[cfg(test)]

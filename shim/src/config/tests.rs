@@ -322,3 +322,204 @@ fn the_readme_example_parses() {
     assert_eq!(routes[3].ports, [(25, 25), (465, 465), (587, 587)]);
     assert!(matches!(&p.server, Some((ViaSpec::Failover(urls), _)) if urls.len() == 2));
 }
+
+/// A configuration to tell apart from the fail-closed one.
+fn loaded() -> Config {
+    let mut c = Config::fail_closed(Vec::new());
+    c.broken = false;
+    c.timeout = Duration::from_secs(7);
+    c
+}
+
+#[test]
+fn the_first_caller_loads_and_the_others_wait_for_it() {
+    let once = &LoadOnce::new();
+    let (loading_tx, loading_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let loader = s.spawn(move || {
+            let load = || {
+                loading_tx.send(()).unwrap();
+                go_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+                loaded()
+            };
+            once.get(load, Duration::from_secs(10)).clone()
+        });
+        loading_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let waiter = s.spawn(|| once.get(|| panic!("loaded twice"), Duration::from_secs(10)).clone());
+        std::thread::sleep(Duration::from_millis(200));
+        go_tx.send(()).unwrap();
+        assert_eq!(waiter.join().unwrap(), loaded(), "the waiter got the fail-closed configuration");
+        assert_eq!(loader.join().unwrap(), loaded());
+    });
+    assert_eq!(once.get(|| panic!("loaded twice"), Duration::ZERO), &loaded());
+}
+
+#[test]
+fn a_load_that_takes_too_long_fails_closed_after_the_patience() {
+    let once = &LoadOnce::new();
+    let (loading_tx, loading_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let load = || {
+                loading_tx.send(()).unwrap();
+                go_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+                loaded()
+            };
+            once.get(load, Duration::from_secs(10));
+        });
+        loading_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let start = Instant::now();
+        let c = once.get(|| panic!("loaded twice"), Duration::from_millis(200));
+        let waited = start.elapsed();
+        assert!(c.broken && c.default == Via::Block, "{c:?}");
+        assert!(waited >= Duration::from_millis(200) && waited < Duration::from_secs(4), "{waited:?}");
+        go_tx.send(()).unwrap();
+    });
+    assert_eq!(once.get(|| panic!("loaded twice"), Duration::ZERO), &loaded());
+}
+
+#[test]
+fn debug_variable_words() {
+    let debug = |v: &str| {
+        let (p, err) = parse_env(env(&[("SOCKS4_DEBUG", v)]));
+        err.map_or(Ok(p.debug), |e| Err(e.key))
+    };
+    for off in ["", "0", "false", "no", "off", " off "] {
+        assert_eq!(debug(off), Ok(Some(false)), "{off:?}");
+    }
+    for on in ["1", "true", "yes", "on"] {
+        assert_eq!(debug(on), Ok(Some(true)), "{on:?}");
+    }
+    assert_eq!(debug("2"), Err("SOCKS4_DEBUG".to_owned()));
+}
+
+#[test]
+fn a_server_list_needs_one_upstream_and_at_most_256() {
+    let (_, err) = parse_env(env(&[("SOCKS4_SERVER", " , ")]));
+    let err = err.unwrap();
+    assert_eq!((err.key.as_str(), err.message.as_str()), ("SOCKS4_SERVER", "no upstream: give at least one URL"));
+    let e = file_error("debug = true\nserver = []\n");
+    assert_eq!((e.line, e.key.as_str(), e.message.as_str()), (Some(2), "server", "no upstream: give at least one URL"));
+    let list = |n: usize| vec!["10.0.0.1:1080"; n];
+    assert!(
+        matches!(parse_via(&list(MAX_UPSTREAMS), true), Ok(ViaSpec::Failover(urls)) if urls.len() == MAX_UPSTREAMS)
+    );
+    assert_eq!(parse_via(&list(MAX_UPSTREAMS + 1), true), Err("more than 256 upstreams".to_owned()));
+}
+
+#[test]
+fn direct_and_block_stand_alone() {
+    for word in ["direct", "BLOCK"] {
+        let e = file_error(&format!("[[route]]\nto = [\"*\"]\nvia = [\"socks5://10.0.0.1\", \"{word}\"]\n"));
+        assert_eq!((e.line, e.key.as_str()), (Some(3), "route.via"), "{e}");
+        assert_eq!(e.message, format!("`{word}` stands alone; it is not an upstream in a list"));
+    }
+}
+
+/// Placeholders are on when some route sends names to its server or routes by name.
+#[test]
+fn placeholders_when_a_route_sends_or_matches_names() {
+    let base = "server = \"socks5://10.0.0.1:1080\"\n[[route]]\n";
+    assert!(!from_file("server = \"socks5://10.0.0.1:1080\"\n").uses_placeholders());
+    assert!(from_file("server = \"socks5h://10.0.0.1:1080\"\n").uses_placeholders());
+    assert!(!from_file(&format!("{base}to = [\"10.0.0.0/8\"]\nvia = \"socks5://10.0.0.2\"\n")).uses_placeholders());
+    assert!(from_file(&format!("{base}to = [\"10.0.0.0/8\"]\nvia = \"socks5h://10.0.0.2\"\n")).uses_placeholders());
+    assert!(from_file(&format!("{base}to = [\"printer.lan\"]\nvia = \"direct\"\n")).uses_placeholders());
+    assert!(from_file(&format!("{base}to = [\"*.lan\"]\nvia = \"block\"\n")).uses_placeholders());
+    let mut c = from_file("server = \"socks5h://10.0.0.1:1080\"\n");
+    c.broken = true;
+    assert!(!c.uses_placeholders(), "a broken configuration proxies nothing");
+}
+
+/// Where toml names no key, the error's key is read from its line: the `[table]` header itself,
+/// a key under its table, none for a line without one; an error at the very end belongs to the
+/// last line written.
+#[test]
+fn the_key_of_an_error_is_read_from_its_line() {
+    let key = |text: &str| parse_file("/x.toml", text).map(|_| ()).map_err(|e| (e.line, e.key));
+    assert_eq!(key("[bind]\n[bind]\n"), Err((Some(2), "bind".to_owned())));
+    assert_eq!(key("debug = true\n[bind\n"), Err((Some(2), "bind".to_owned())));
+    assert_eq!(key("[bind]\nproxy_fixed_ports = true\nfoo.bar = 1\n"), Err((Some(3), "bind.foo.bar".to_owned())));
+    assert_eq!(key("[bind]\n= 3\n"), Err((Some(2), String::new())));
+    assert_eq!(key("debug = true\ntimeout = [1,\n\n"), Err((Some(2), "timeout".to_owned())));
+    assert_eq!(key("debug = true\ntimeout = [1,"), Err((Some(2), "timeout".to_owned())));
+}
+
+/// A file of exactly MAX_FILE bytes is read whole; one byte more is refused.
+#[test]
+fn config_files_up_to_one_mebibyte() {
+    let dir = std::env::temp_dir().join(format!("socks4-max-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("f.toml");
+    let size = usize::try_from(MAX_FILE).unwrap();
+    std::fs::write(&path, "#".repeat(size)).unwrap();
+    assert_eq!(read_text(path.to_str().unwrap()).map(|t| t.len()).map_err(|e| e.to_string()), Ok(size));
+    std::fs::write(&path, "#".repeat(size + 1)).unwrap();
+    let e = read_text(path.to_str().unwrap()).unwrap_err();
+    assert_eq!((e.kind(), e.to_string()), (std::io::ErrorKind::InvalidInput, "larger than 1048576 bytes".to_owned()));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// SOCKS4_CONF must exist; the default file may be missing, but nothing else may be wrong with it.
+#[test]
+fn a_missing_file_is_an_error_only_when_named() {
+    let dir = std::env::temp_dir().join(format!("socks4-read-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = dir.join("none.toml");
+    let missing = missing.to_str().unwrap();
+    assert_eq!(read_file(missing, false), (Partial::default(), None));
+    let (p, e) = read_file(missing, true);
+    let e = e.unwrap();
+    assert_eq!(
+        (p, e.origin.as_str(), e.line, e.key.as_str()),
+        (Partial::default(), "SOCKS4_CONF", None, "SOCKS4_CONF")
+    );
+    assert!(e.message.starts_with(&format!("cannot read {missing}: ")), "{e}");
+    // A directory where the default file should be is no missing file.
+    let (_, e) = read_file(dir.to_str().unwrap(), false);
+    assert!(e.unwrap().message.contains("not a regular file"));
+    let file = dir.join("f.toml");
+    std::fs::write(&file, "user = \"bob\"\n").unwrap();
+    let (p, e) = read_file(file.to_str().unwrap(), false);
+    assert_eq!((p.user, e), (Some(b"bob".to_vec()), None));
+    std::fs::write(&file, "user = 1\n").unwrap();
+    let (p, e) = read_file(file.to_str().unwrap(), true);
+    assert_eq!((p, e.map(|e| (e.line, e.key))), (Partial::default(), Some((Some(1), "user".to_owned()))));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A chain hop's address is checked against what the hop before can carry: only SOCKS4 cannot
+/// carry IPv6.
+#[test]
+fn chain_hops_by_address() {
+    let chain = |a: &str, b: &str| from_file(&format!("[[route]]\nto = [\"*\"]\nchain = [\"{a}\", \"{b}\"]\n"));
+    let c = chain("socks4://10.0.0.1", "socks5://10.0.0.2:1081");
+    assert_eq!(urls(&c, &c.routes[0].via), ["socks4://10.0.0.1:1080", "socks5://10.0.0.2:1081"]);
+    let c = chain("socks5://10.0.0.1", "socks5://[2001:db8::2]:1081");
+    let Via::Chain(hops) = &c.routes[0].via else { panic!("{:?}", c.routes[0].via) };
+    assert_eq!(c.upstreams[hops[1]].addr, Some("[2001:db8::2]:1081".parse().unwrap()));
+}
+
+/// The first line of a password file is the password: 1 to 255 bytes.
+#[test]
+fn password_file_line_is_1_to_255_bytes() {
+    let dir = std::env::temp_dir().join(format!("socks4-pwlen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pw = dir.join("pw");
+    let login = |content: String| {
+        std::fs::write(&pw, content).unwrap();
+        let text = format!("server = \"socks5://alice@10.0.0.1\"\npassword_file = \"{}\"\n", pw.display());
+        match parse_file("/x.toml", &text).and_then(|p| merge(p, Partial::default(), || None)) {
+            Ok(c) => Ok(c.upstreams[0].login().map(|(_, p)| p.len())),
+            Err(e) => Err((e.line, e.key, e.message.contains("must be the password (1 to 255 bytes)"))),
+        }
+    };
+    assert_eq!(login("p".repeat(255) + "\n"), Ok(Some(255)));
+    let refused = Err((Some(2), "password_file".to_owned(), true));
+    assert_eq!(login("p".repeat(256) + "\n"), refused);
+    assert_eq!(login("\nsecond line\n".to_owned()), refused);
+    assert_eq!(login(String::new()), refused);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
