@@ -601,6 +601,12 @@ fn sigterm_drains_a_udp_association() {
         }
     };
     round_trip(2);
+    // Two fragments: dropped, and counted as such.
+    let mut fragment = datagram.clone();
+    fragment[2] = 1;
+    for _ in 0..2 {
+        client.send_to(&fragment, relay).unwrap();
+    }
     let started = Instant::now();
     daemon.signal("-TERM");
     std::thread::sleep(Duration::from_millis(200));
@@ -610,7 +616,15 @@ fn sigterm_drains_a_udp_association() {
     assert!(started.elapsed() >= Duration::from_millis(900));
     let log = daemon.log();
     let line = log.lines().find(|l| l.contains("cut: server stopping")).unwrap_or_else(|| panic!("no line:\n{log}"));
-    for want in ["proto=\"socks5\"", "command=udp", "reply=0", "datagrams_up=3", "datagrams_down=3", "bytes_up=12"] {
+    for want in [
+        "proto=\"socks5\"",
+        "command=udp",
+        "reply=0",
+        "datagrams_up=3",
+        "datagrams_down=3",
+        "datagrams_dropped=2",
+        "bytes_up=12",
+    ] {
         assert!(line.contains(want), "{want} missing in {line}");
     }
 }

@@ -104,6 +104,7 @@ async fn datagrams_both_ways_with_headers() {
     let (echo, mut seen) = udp_echo(Ipv4Addr::LOCALHOST.into()).await;
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let (_control, relay) = associate(proxy, "0.0.0.0:0".parse().unwrap()).await;
+    let mut first_outgoing = None;
     for payload in [&b"first"[..], b"", b"second datagram"] {
         client.send_to(&datagram(0, echo, payload), relay).await.unwrap();
         let (back, from) = recv_within(&client, Duration::from_secs(5)).await.expect("the answer through the relay");
@@ -111,7 +112,33 @@ async fn datagrams_both_ways_with_headers() {
         assert_eq!(back, datagram(0, echo, payload), "the answer, wrapped with the far end's address");
         let outgoing = next_peer(&mut seen).await;
         assert_eq!(outgoing.ip(), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), "sent on from `external`");
+        // One outgoing socket per family for the association's life: the far end sees one
+        // address, so its later answers (and a NAT's mapping) stay valid.
+        assert_eq!(*first_outgoing.get_or_insert(outgoing), outgoing, "the outgoing port changed");
     }
+}
+
+/// Answers come back from every far end the client wrote to, not only the
+/// last one: a late answer from the first after a datagram to the second.
+#[tokio::test]
+async fn a_late_answer_from_an_earlier_far_end_comes_back() {
+    let (_server, proxy) = start(UDP_OPEN).await;
+    let first = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let first_addr = first.local_addr().unwrap();
+    let (second, mut seen_second) = udp_echo(Ipv4Addr::LOCALHOST.into()).await;
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (_control, relay) = associate(proxy, "0.0.0.0:0".parse().unwrap()).await;
+    client.send_to(&datagram(0, first_addr, b"to the first"), relay).await.unwrap();
+    let (got, outgoing) = recv_within(&first, Duration::from_secs(5)).await.expect("datagram at the first");
+    assert_eq!(got, b"to the first");
+    client.send_to(&datagram(0, second, b"to the second"), relay).await.unwrap();
+    let (back, _) = recv_within(&client, Duration::from_secs(5)).await.expect("the second's answer");
+    assert_eq!(back, datagram(0, second, b"to the second"));
+    assert_eq!(next_peer(&mut seen_second).await, outgoing);
+    // Now the first answers.
+    first.send_to(b"late", outgoing).await.unwrap();
+    let (back, _) = recv_within(&client, Duration::from_secs(5)).await.expect("the first's late answer");
+    assert_eq!(back, datagram(0, first_addr, b"late"));
 }
 
 #[tokio::test]
