@@ -624,6 +624,7 @@ fn sigterm_drains_a_udp_association() {
         "datagrams_down=3",
         "datagrams_dropped=2",
         "bytes_up=12",
+        "bytes_down=12",
     ] {
         assert!(line.contains(want), "{want} missing in {line}");
     }

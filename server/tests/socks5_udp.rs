@@ -173,7 +173,8 @@ async fn what_is_dropped() {
     let (echo, mut seen) = udp_echo(Ipv4Addr::LOCALHOST.into()).await;
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let (_control, relay) = associate(proxy, client.local_addr().unwrap()).await;
-    let denied: SocketAddr = SocketAddr::new(Ipv4Addr::new(127, 0, 0, 9).into(), echo.port());
+    // A far end the rules deny, listening, so that a datagram let through would be seen.
+    let (denied, mut seen_denied) = udp_echo(Ipv4Addr::new(127, 0, 0, 9).into()).await;
     let stranger = UdpSocket::bind("127.0.0.3:0").await.unwrap();
     let same_host_other_port = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let drops: Vec<(&str, &UdpSocket, Vec<u8>)> = vec![
@@ -194,6 +195,7 @@ async fn what_is_dropped() {
         assert!(recv_within(from, Duration::from_millis(300)).await.is_none(), "{what}: an answer came back");
     }
     assert!(seen.try_recv().is_err(), "a dropped datagram reached the far end");
+    assert!(seen_denied.try_recv().is_err(), "a datagram reached a far end the rules deny");
     // The association still works.
     client.send_to(&datagram(0, echo, b"still here"), relay).await.unwrap();
     let (back, _) = recv_within(&client, Duration::from_secs(5)).await.expect("the association survived");
@@ -204,6 +206,29 @@ async fn what_is_dropped() {
     let outgoing = next_peer(&mut seen).await;
     intruder.send_to(b"unsolicited", outgoing).await.unwrap();
     assert!(recv_within(&client, Duration::from_millis(300)).await.is_none(), "unsolicited answer let in");
+}
+
+/// A rule's `ports` meet each datagram's destination port (not the port the
+/// client named in its request).
+#[tokio::test]
+async fn rules_see_each_datagrams_port() {
+    let (closed, mut seen_closed) = udp_echo(Ipv4Addr::LOCALHOST.into()).await;
+    let (open, mut seen_open) = udp_echo(Ipv4Addr::LOCALHOST.into()).await;
+    let config = format!(
+        "[[rule]]\naction = \"deny\"\nports = [{}]\ncommands = [\"udp\"]\n\
+         [[rule]]\naction = \"allow\"\nfrom = [\"127.0.0.0/8\"]\n",
+        closed.port()
+    );
+    let (_server, proxy) = start(&config).await;
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (_control, relay) = associate(proxy, client.local_addr().unwrap()).await;
+    client.send_to(&datagram(0, closed, b"denied port"), relay).await.unwrap();
+    client.send_to(&datagram(0, open, b"open port"), relay).await.unwrap();
+    let (back, _) = recv_within(&client, Duration::from_secs(5)).await.expect("the open port's answer");
+    assert_eq!(back, datagram(0, open, b"open port"));
+    next_peer(&mut seen_open).await;
+    assert!(recv_within(&client, Duration::from_millis(300)).await.is_none(), "an answer from the denied port");
+    assert!(seen_closed.try_recv().is_err(), "a datagram reached a port the rules deny");
 }
 
 #[tokio::test]
