@@ -247,7 +247,10 @@ mod tests {
         assert_eq!(line_of(&format!("{FRED}\n{FRED}\n")), 2);
         assert_eq!(line_of(":$2y$05$0cURcgVZ4lxAQ450..dGAeCZDnIKrJDHZroKJFVzmjSMIUYm/vVOS\n"), 1);
         assert_eq!(line_of("fred:$2y$05$short\n"), 1);
-        assert_eq!(line_of("fred:$2y$31$0cURcgVZ4lxAQ450..dGAeCZDnIKrJDHZroKJFVzmjSMIUYm/vVOS\n"), 1);
+        // Cheap users first: were cost 31 ever taken, the dummy hash would still cost 4, so a
+        // regression fails here at once instead of hashing for hours.
+        let cheap = format!("b:{}\nc:{}\n", hash_of_cost("04"), hash_of_cost("04"));
+        assert_eq!(line_of(&format!("{cheap}fred:$2y$31$0cURcgVZ4lxAQ450..dGAeCZDnIKrJDHZroKJFVzmjSMIUYm/vVOS\n")), 3);
         assert_eq!(line_of("fred:$2y$99$0cURcgVZ4lxAQ450..dGAeCZDnIKrJDHZroKJFVzmjSMIUYm/vVOS\n"), 1);
     }
 
