@@ -559,11 +559,12 @@ ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n";
 
     #[test]
     fn v2_tlvs_are_checked_and_skipped() {
-        // PP2_TYPE_UNIQUE_ID (5) of 3 bytes, then PP2_TYPE_NOOP (4) empty.
+        // PP2_TYPE_ALPN (1) of 2 bytes, PP2_TYPE_UNIQUE_ID (5) of 3, then PP2_TYPE_NOOP (4)
+        // empty: lengths that tell `3 + len` from any other step through them.
         let mut b = V2_TCP4.to_vec();
-        b[15] = 12 + 6 + 3;
-        b.extend_from_slice(b"\x05\x00\x03abc\x04\x00\x00");
-        assert_eq!(decoded(&b), (Header::V2Proxy(Transport::Stream(tcp4())), 16 + 21));
+        b[15] = 12 + 5 + 6 + 3;
+        b.extend_from_slice(b"\x01\x00\x02h2\x05\x00\x03abc\x04\x00\x00");
+        assert_eq!(decoded(&b), (Header::V2Proxy(Transport::Stream(tcp4())), 16 + 26));
         // A TLV whose length runs past the header, and a cut-off TLV head.
         let mut b = V2_TCP4.to_vec();
         b[15] = 12 + 4;
