@@ -175,6 +175,10 @@ async fn bad_version_is_closed_without_reply() {
     let (_server, proxy) = start(&format!("protocols = [\"socks4\"]\n{OPEN}")).await;
     let mut c = send(proxy, b"\x05\x01\x00").await;
     expect_closed(&mut c).await;
+    // And with SOCKS4 turned off, a SOCKS4 request.
+    let (_server, proxy) = start(&format!("protocols = [\"socks5\"]\n{OPEN}")).await;
+    let mut c = send(proxy, b"\x04\x01\x00\x50\x7f\x00\x00\x01\0").await;
+    expect_closed(&mut c).await;
 }
 
 #[tokio::test]

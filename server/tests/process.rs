@@ -567,6 +567,21 @@ fn refusals_say_why_in_the_log_line() {
     assert!(line.ends_with("reason=refused by rules") && line.contains("rule=0:no-ten"), "{line}");
 }
 
+/// A protocol turned off: its client is closed without a reply, and the log line says why.
+#[test]
+fn a_protocol_turned_off_says_so_in_the_log_line() {
+    let dir = TempDir::new("log-protocol-off");
+    let path = dir.write("c.toml", &format!("protocols = [\"socks5\"]\n{ALLOW}"));
+    let daemon = Daemon::start(&dir, &path);
+    let mut s = TcpStream::connect(daemon.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"\x04\x01\x00\x50\x7f\x00\x00\x01\0").unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(s.read(&mut buf).unwrap(), 0, "closed without a reply");
+    let line = session_line(&daemon, 0);
+    assert!(line.ends_with("reason=request version 4: protocol off: closed without reply"), "{line}");
+}
+
 /// A SOCKS5 UDP association lives through the drain while its datagrams
 /// flow, is cut at drain_timeout, and still gets its line with the counts.
 #[test]

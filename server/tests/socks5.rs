@@ -305,6 +305,11 @@ async fn longest_name_and_truncated_messages() {
         expect_closed(&mut c).await;
         assert!(started.elapsed() >= Duration::from_millis(400), "closed before handshake_timeout");
     }
+    // A request of another version after the greeting: not a SOCKS5 client after all, so no
+    // reply it could not read, only the close.
+    let mut c = greet(proxy).await;
+    c.write_all(b"\x04\x01\x00\x01\x7f\x00\x00\x01\x00\x50").await.unwrap();
+    expect_closed(&mut c).await;
     // Cut off and then EOF: closed at once.
     let mut c = send(proxy, b"\x05\x01\x00\x05\x01").await;
     c.shutdown().await.unwrap();
