@@ -394,8 +394,15 @@ async fn ident_is_asked_of_the_real_client() {
     let mut c = connect_from(Ipv4Addr::LOCALHOST, proxy).await;
     c.write_all(&bytes).await.unwrap();
     assert_eq!(read_reply(&mut c).await[1], 93);
+    // And alice once more: two answers that matched, one that did not.
+    let mut bytes = v2_header("127.0.0.3:40003", "127.0.0.1:1080");
+    bytes.extend_from_slice(&request(1, dest, b"alice", None));
+    let mut again = connect_from(Ipv4Addr::LOCALHOST, proxy).await;
+    again.write_all(&bytes).await.unwrap();
+    assert_eq!(read_reply(&mut again).await[1], 90);
+    drop(again);
     let m = scrape_settled(metrics).await;
-    assert_eq!(m["socks4d_ident_lookups_total{result=\"ok\"}"], 1.0);
+    assert_eq!(m["socks4d_ident_lookups_total{result=\"ok\"}"], 2.0);
     assert_eq!(m["socks4d_ident_lookups_total{result=\"mismatch\"}"], 1.0);
 }
 
