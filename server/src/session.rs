@@ -775,11 +775,7 @@ async fn destination_addresses<'r>(
             // SOCKS4 replies can only name IPv4 hosts.
             let families = if request.protocol == Protocol::Socks4 { Families::V4 } else { Families::Both };
             let found = resolve(name, config.resolve_timeout, families).await;
-            *resolved = Some(match &found {
-                Ok(_) => ResolveOutcome::Ok,
-                Err(e) if e == RESOLVE_TIMED_OUT => ResolveOutcome::Timeout,
-                Err(_) => ResolveOutcome::Failed,
-            });
+            *resolved = Some(resolve_outcome(&found));
             (Some(name.as_str()), found.map_err(|e| (format!("cannot resolve: {e}"), Outcome::HostUnreachable))?)
         }
     };
@@ -825,6 +821,15 @@ pub(crate) enum Families {
 
 /// The error text of a lookup that ran out of `resolve_timeout`.
 const RESOLVE_TIMED_OUT: &str = "timed out";
+
+/// How a [`resolve`] ended, for the metrics.
+fn resolve_outcome(found: &Result<Vec<IpAddr>, String>) -> ResolveOutcome {
+    match found {
+        Ok(_) => ResolveOutcome::Ok,
+        Err(e) if e == RESOLVE_TIMED_OUT => ResolveOutcome::Timeout,
+        Err(_) => ResolveOutcome::Failed,
+    }
+}
 
 /// The addresses of `name` (IPv4-mapped ones as IPv4), in the resolver's
 /// order, without repeats.
@@ -1103,6 +1108,55 @@ mod tests {
         assert_eq!((governing.rule, allowed), (Some(3), vec![ip(4)]));
         assert_eq!(allowed_addresses(&[ip(1)], rules), Err(Some(decision(Action::Deny, 0, IdentMode::Off))));
         assert_eq!(allowed_addresses(&[], rules), Err(None));
+    }
+
+    /// A lookup keeps the families asked for, IPv4-mapped addresses as IPv4, and says which
+    /// family it found nothing of.
+    #[tokio::test]
+    async fn lookups_keep_the_families_asked_for() {
+        let limit = Duration::from_secs(5);
+        let v6: IpAddr = Ipv6Addr::LOCALHOST.into();
+        assert_eq!(resolve("::1", limit, Families::Both).await, Ok(vec![v6]));
+        assert_eq!(resolve("::1", limit, Families::V4).await, Err("no IPv4 address".to_string()));
+        assert_eq!(resolve("::ffff:127.0.0.1", limit, Families::V4).await, Ok(vec![Ipv4Addr::LOCALHOST.into()]));
+        let found = resolve("localhost", limit, Families::V4).await.unwrap();
+        assert!(found.iter().all(IpAddr::is_ipv4) && found.contains(&Ipv4Addr::LOCALHOST.into()), "{found:?}");
+    }
+
+    /// SOCKS4A looks up IPv4 only (its reply cannot name an IPv6 host), SOCKS5 both families;
+    /// the lookup's outcome is noted for the metrics, a timeout as such.
+    #[tokio::test]
+    async fn destination_lookups_by_protocol_and_their_outcomes() {
+        let request = |protocol, name: &str| Request {
+            protocol,
+            command: Command::Connect,
+            host: Host::Name(name.to_string()),
+            port: 80,
+            user: Vec::new(),
+            authenticated: false,
+            leftover: Vec::new(),
+        };
+        let config = Config::default();
+        let client = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let ask = async |request: &Request, config: &Config| {
+            let mut resolved = None;
+            let query = |name, ip| request.query(client, name, ip);
+            let found = destination_addresses(request, &query, config, &mut resolved).await;
+            (found.map(|(_, addrs)| addrs), resolved)
+        };
+        let socks5 = request(Protocol::Socks5, "::1");
+        assert_eq!(ask(&socks5, &config).await, (Ok(vec![Ipv6Addr::LOCALHOST.into()]), Some(ResolveOutcome::Ok)));
+        let socks4 = request(Protocol::Socks4, "::1");
+        assert_eq!(
+            ask(&socks4, &config).await,
+            (
+                Err(("cannot resolve: no IPv4 address".to_string(), Outcome::HostUnreachable)),
+                Some(ResolveOutcome::Failed)
+            )
+        );
+        // A lookup that ran out of time is counted as such, not as a failure.
+        assert_eq!(resolve_outcome(&Err(RESOLVE_TIMED_OUT.to_string())), ResolveOutcome::Timeout);
+        assert_eq!(resolve_outcome(&Err("no address".to_string())), ResolveOutcome::Failed);
     }
 
     /// Every outcome has one code per protocol; SOCKS4 says 91 for all but
