@@ -987,14 +987,18 @@ async fn bind(
 /// net::external_for), so the application server sees one address for both connections; if no
 /// route is known, on the address the client reached (if of the same family), else anywhere.
 fn bind_listener(local: SocketAddr, expected: IpAddr, config: &Config) -> io::Result<tokio::net::TcpListener> {
-    let local = local.ip().to_canonical();
-    let ip = net::external_for(config.external, expected)
-        .or((local.is_ipv4() == expected.is_ipv4()).then_some(local))
-        .unwrap_or(match expected {
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        });
-    net::bind_listener(ip)
+    net::bind_listener(listen_address(net::external_for(config.external, expected), local.ip(), expected))
+}
+
+/// Where BIND listens for a peer at `expected`: the external (or routed) address for its
+/// family; without one (no route to it), the address the client reached if it is of that
+/// family, else every address of the family.
+fn listen_address(external: Option<IpAddr>, local: IpAddr, expected: IpAddr) -> IpAddr {
+    let local = local.to_canonical();
+    external.or((local.is_ipv4() == expected.is_ipv4()).then_some(local)).unwrap_or(match expected {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    })
 }
 
 /// How BIND's wait for its one connection ended.
@@ -1108,6 +1112,18 @@ mod tests {
         assert_eq!((governing.rule, allowed), (Some(3), vec![ip(4)]));
         assert_eq!(allowed_addresses(&[ip(1)], rules), Err(Some(decision(Action::Deny, 0, IdentMode::Off))));
         assert_eq!(allowed_addresses(&[], rules), Err(None));
+    }
+
+    /// BIND listens on the external address; without one, on the client's if the families
+    /// agree, else on every address of the peer's family.
+    #[test]
+    fn bind_listens_where_the_peer_can_reach_it() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(listen_address(Some(ip("192.0.2.7")), ip("127.0.0.1"), ip("198.51.100.1")), ip("192.0.2.7"));
+        assert_eq!(listen_address(None, ip("::ffff:127.0.0.3"), ip("198.51.100.1")), ip("127.0.0.3"));
+        assert_eq!(listen_address(None, ip("127.0.0.3"), ip("2001:db8::1")), ip("::"));
+        assert_eq!(listen_address(None, ip("::1"), ip("2001:db8::1")), ip("::1"));
+        assert_eq!(listen_address(None, ip("::1"), ip("198.51.100.1")), ip("0.0.0.0"));
     }
 
     /// A lookup keeps the families asked for, IPv4-mapped addresses as IPv4, and says which
