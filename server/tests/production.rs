@@ -380,27 +380,22 @@ async fn ident_is_asked_of_the_real_client() {
     );
     let (_server, proxy, metrics) = start_with_metrics(&config).await;
     let (dest, _seen) = echo_server(Ipv4Addr::LOCALHOST).await;
-    let mut bytes = v2_header("127.0.0.3:40001", "127.0.0.1:1080");
-    bytes.extend_from_slice(&request(1, dest, b"alice", None));
-    let mut granted = connect_from(Ipv4Addr::LOCALHOST, proxy).await;
-    granted.write_all(&bytes).await.unwrap();
-    assert_eq!(read_reply(&mut granted).await[1], 90);
-    drop(granted);
+    // A CONNECT from the real client's port `port` claiming `user`, through the balancer:
+    // the reply code.
+    let ask = async |port: u16, user: &[u8]| {
+        let mut bytes = v2_header(&format!("127.0.0.3:{port}"), "127.0.0.1:1080");
+        bytes.extend_from_slice(&request(1, dest, user, None));
+        let mut c = connect_from(Ipv4Addr::LOCALHOST, proxy).await;
+        c.write_all(&bytes).await.unwrap();
+        read_reply(&mut c).await[1]
+    };
+    assert_eq!(ask(40001, b"alice").await, 90);
     let (_peer, query) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
     assert_eq!(query, "40001 , 1080\r\n");
     // identd says alice: a claim of bob is a mismatch.
-    let mut bytes = v2_header("127.0.0.3:40002", "127.0.0.1:1080");
-    bytes.extend_from_slice(&request(1, dest, b"bob", None));
-    let mut c = connect_from(Ipv4Addr::LOCALHOST, proxy).await;
-    c.write_all(&bytes).await.unwrap();
-    assert_eq!(read_reply(&mut c).await[1], 93);
+    assert_eq!(ask(40002, b"bob").await, 93);
     // And alice once more: two answers that matched, one that did not.
-    let mut bytes = v2_header("127.0.0.3:40003", "127.0.0.1:1080");
-    bytes.extend_from_slice(&request(1, dest, b"alice", None));
-    let mut again = connect_from(Ipv4Addr::LOCALHOST, proxy).await;
-    again.write_all(&bytes).await.unwrap();
-    assert_eq!(read_reply(&mut again).await[1], 90);
-    drop(again);
+    assert_eq!(ask(40003, b"alice").await, 90);
     let m = scrape_settled(metrics).await;
     assert_eq!(m["socks4d_ident_lookups_total{result=\"ok\"}"], 2.0);
     assert_eq!(m["socks4d_ident_lookups_total{result=\"mismatch\"}"], 1.0);
