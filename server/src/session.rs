@@ -983,9 +983,9 @@ async fn bind(
     relay_with(client, &mut peer_stream, leftover, rec).await;
 }
 
-/// The BIND listener: on the address our CONNECTs to `expected` come from (see
-/// net::external_for), so the application server sees one address for both connections; if no
-/// route is known, on the address the client reached (if of the same family), else anywhere.
+/// The BIND listener, on the address our CONNECTs to `expected` come from (see
+/// net::external_for), so the application server sees one address for both connections; see
+/// [`listen_address`] for when there is none.
 fn bind_listener(local: SocketAddr, expected: IpAddr, config: &Config) -> io::Result<tokio::net::TcpListener> {
     net::bind_listener(listen_address(net::external_for(config.external, expected), local.ip(), expected))
 }

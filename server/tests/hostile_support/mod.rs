@@ -148,26 +148,12 @@ impl Daemon {
     /// Waits until the descriptor count is back to `baseline` (+ `slack`);
     /// returns the last count seen.
     pub fn wait_fds_at_most(&self, limit: usize, within: Duration) -> usize {
-        let deadline = Instant::now() + within;
-        loop {
-            let n = self.fds();
-            if n <= limit || Instant::now() >= deadline {
-                return n;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_at_most(|| self.fds(), limit, within, Duration::from_millis(50))
     }
 
     /// Waits until VmRSS is at most `limit_kib`; returns the last value seen.
     pub fn wait_rss_at_most(&self, limit_kib: u64, within: Duration) -> u64 {
-        let deadline = Instant::now() + within;
-        loop {
-            let rss = self.rss_kib();
-            if rss <= limit_kib || Instant::now() >= deadline {
-                return rss;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_at_most(|| self.rss_kib(), limit_kib, within, Duration::from_millis(100))
     }
 
     /// What a hostile test checks afterwards: the server is alive, still
@@ -393,4 +379,17 @@ pub fn bind_reply_addr(reply: [u8; 8]) -> SocketAddr {
     let ip = Ipv4Addr::new(reply[4], reply[5], reply[6], reply[7]);
     let ip = if ip.is_unspecified() { Ipv4Addr::LOCALHOST } else { ip };
     SocketAddr::V4(SocketAddrV4::new(ip, port))
+}
+
+/// Reads `read` every `every` until it is at most `limit` or `within` has passed; returns the
+/// last value read.
+fn wait_at_most<T: PartialOrd>(read: impl Fn() -> T, limit: T, within: Duration, every: Duration) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        let value = read();
+        if value <= limit || Instant::now() >= deadline {
+            return value;
+        }
+        std::thread::sleep(every);
+    }
 }
