@@ -613,3 +613,26 @@ fn bind_second_reply_faults() {
         assert_eq!(reqs[1], b"\x04\x02\x00\x15\x0a\x00\x00\x09fault\0", "{what}: the BIND request");
     }
 }
+
+/// The connection a BIND socket's accept returns carries the descriptor flags a kernel's accept
+/// would give it: FD_CLOEXEC only when asked for (accept4 SOCK_CLOEXEC), O_NONBLOCK only when
+/// asked for (SOCK_NONBLOCK), even from a non-blocking listener, whose descriptor the shim's
+/// accepted one shares its file status flags with.
+#[test]
+fn bind_accept_gives_the_flags_asked_for() {
+    let cases = [
+        ("accept", "1", "0", "0"),
+        ("accept4(SOCK_CLOEXEC) on a non-blocking listener", "2", "1", "0"),
+        ("accept4(SOCK_NONBLOCK)", "3", "0", "1"),
+    ];
+    for (what, how, cloexec, nonblock) in cases {
+        let fake = FakeProxy::start(Behaviour::Bind(b"\x00\x5a\x30\x39\x0a\x00\x00\x09220 hello"));
+        let out = run(fake.addr, &["bind", "10.0.0.9", "21", how], &[("SOCKS4_TIMEOUT", "2")]);
+        assert_finished(&out, what);
+        let map = kv(&out);
+        assert_eq!(get(&map, "accept", &out), "0", "{what}\n{out}");
+        assert_eq!(get(&map, "cloexec", &out), cloexec, "{what}: FD_CLOEXEC\n{out}");
+        assert_eq!(get(&map, "nonblock", &out), nonblock, "{what}: O_NONBLOCK\n{out}");
+        assert_eq!(get(&map, "data", &out), "220 hello", "{what}\n{out}");
+    }
+}

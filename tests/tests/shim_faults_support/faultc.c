@@ -11,7 +11,9 @@
  *   faultc signals  HOST PORT         connect under a 1 ms SIGALRM storm (no SA_RESTART)
  *   faultc threads  HOST PORT N       N threads connect at once, each echoes its own bytes
  *   faultc fork     HOST PORT ROUNDS  forks while a thread keeps connecting; children connect
- *   faultc bind     HOST PORT         connect, then listen/accept on a fresh socket (SOCKS BIND)
+ *   faultc bind     HOST PORT [HOW]   connect, then listen/accept on a fresh socket (SOCKS BIND);
+ *                                     HOW 1: accept (the default), 2: accept4(SOCK_CLOEXEC) on a
+ *                                     non-blocking listener, 3: accept4(SOCK_NONBLOCK)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -276,7 +278,7 @@ static int mode_fork(int rounds) {
     return 0;
 }
 
-static int mode_bind(void) {
+static int mode_bind(int how) {
     int ctl = do_connect();
     if (ctl < 0) {
         printf("errno=%s\n", ename(-ctl));
@@ -292,14 +294,23 @@ static int mode_bind(void) {
     char ip[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &a.sin_addr, ip, sizeof ip);
     printf("bound=%s:%d\n", ip, ntohs(a.sin_port));
+    if (how == 2) fcntl(l, F_SETFL, fcntl(l, F_GETFL) | O_NONBLOCK);
     struct pollfd p = {l, POLLIN, 0};
     printf("poll=%d\n", poll(&p, 1, 10000));
-    int c = accept(l, NULL, NULL);
+    int c = how == 2   ? accept4(l, NULL, NULL, SOCK_CLOEXEC)
+            : how == 3 ? accept4(l, NULL, NULL, SOCK_NONBLOCK)
+                       : accept(l, NULL, NULL);
     printf("accept=%s\n", c >= 0 ? "0" : ename(errno));
     if (c >= 0) {
+        /* What a kernel's accept gives the new socket: FD_CLOEXEC only for SOCK_CLOEXEC,
+         * O_NONBLOCK only for SOCK_NONBLOCK, whatever the listener has. */
+        printf("cloexec=%d\n", (fcntl(c, F_GETFD) & FD_CLOEXEC) != 0);
+        printf("nonblock=%d\n", (fcntl(c, F_GETFL) & O_NONBLOCK) != 0);
         char buf[16] = {0};
         struct timeval tv = {5, 0};
         setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        struct pollfd q = {c, POLLIN, 0};
+        poll(&q, 1, 5000);
         ssize_t n = recv(c, buf, sizeof buf - 1, 0);
         printf("data=%s\n", n > 0 ? buf : "");
         close(c);
@@ -330,7 +341,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(m, "signals")) rc = mode_signals();
     else if (!strcmp(m, "threads")) rc = mode_threads(n);
     else if (!strcmp(m, "fork")) rc = mode_fork(n);
-    else if (!strcmp(m, "bind")) rc = mode_bind();
+    else if (!strcmp(m, "bind")) rc = mode_bind(n);
     printf("done=1\n");
     return rc;
 }
