@@ -321,6 +321,54 @@ out('listen', fmt(s.getsockname()))
     assert_ne!(listen.port(), 0);
 }
 
+/// A socket bound with port 0 to an address in a direct network is a local server: listen() is
+/// the real one and a local client reaches it. Bound to an address outside the direct networks,
+/// or to the unspecified address, the same listen() is a BIND request. (The proxy is on
+/// 127.0.0.3 and the bind is to 127.0.0.2, neither the program's address toward the proxy.)
+#[test]
+fn listener_on_a_direct_address_stays_local() {
+    let cases = [("127.0.0.0/8", "127.0.0.2", false), ("", "127.0.0.2", true), ("127.0.0.0/8", "0.0.0.0", true)];
+    for (direct, ip, bind) in cases {
+        let what = format!("SOCKS4_DIRECT={direct:?}, bound to {ip}:0");
+        let proxy = ScriptedProxy::start(
+            "127.0.0.3",
+            vec![b"\x00\x5a\x00\x00\x00\x00\x00\x00", b"\x00\x5a\x10\x92\x00\x00\x00\x00"],
+        );
+        let script = format!(
+            "{PY_PRELUDE}
+try:
+    c = socket.create_connection(('10.1.2.3', 21))
+    s = socket.socket()
+    s.bind(('{ip}', 0))
+    s.listen(1)
+    out('listen', fmt(s.getsockname()))
+    if {local}:
+        t = socket.create_connection(s.getsockname(), timeout=5)
+        s.settimeout(5)
+        conn, peer = s.accept()
+        out('accepted', fmt(peer))
+except OSError as e:
+    fail(e)
+",
+            local = if bind { "False" } else { "True" }
+        );
+        let out = python(proxy.addr, &script, &[], &[("SOCKS4_DIRECT", direct)]);
+        let map = kv(&out);
+        let listen = addr(&map, "listen", &out);
+        let requests = proxy.requests.lock().unwrap().clone();
+        if bind {
+            assert_eq!(listen, "127.0.0.3:4242".parse().unwrap(), "{what}: the first BIND reply\n{out}");
+            assert_eq!(requests.len(), 2, "{what}: CONNECT, then BIND\n{out}");
+            assert_eq!(requests[1][1], 2, "{what}: the second request is a BIND\n{out}");
+        } else {
+            assert_eq!(listen.ip().to_string(), ip, "{what}: a real listener\n{out}");
+            assert_ne!(listen.port(), 0, "{what}\n{out}");
+            assert_eq!(addr(&map, "accepted", &out).ip().to_string(), "127.0.0.1", "{what}\n{out}");
+            assert_eq!(requests.len(), 1, "{what}: the CONNECT alone\n{out}");
+        }
+    }
+}
+
 /// The wire bytes of CONNECT and BIND, and the spec's rule for a first BIND reply of 0.0.0.0
 /// (replaced by the SOCKS server's address), against a scripted server on 127.0.0.3 while the
 /// client's own address is 127.0.0.1: CONNECT granted with 0.0.0.0, BIND granted at
