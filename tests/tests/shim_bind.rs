@@ -323,11 +323,18 @@ out('listen', fmt(s.getsockname()))
 
 /// A socket bound with port 0 to an address in a direct network is a local server: listen() is
 /// the real one and a local client reaches it. Bound to an address outside the direct networks,
-/// or to the unspecified address, the same listen() is a BIND request. (The proxy is on
-/// 127.0.0.3 and the bind is to 127.0.0.2, neither the program's address toward the proxy.)
+/// or to the unspecified address, the same listen() is a BIND request. The proxy is on 127.0.0.3
+/// and answers the CONNECT with 0.0.0.0, so the program's own address toward it (127.0.0.1) is
+/// the connection's proxy-side address only when it is not in a direct network: bound to it,
+/// the socket is a local server too.
 #[test]
 fn listener_on_a_direct_address_stays_local() {
-    let cases = [("127.0.0.0/8", "127.0.0.2", false), ("", "127.0.0.2", true), ("127.0.0.0/8", "0.0.0.0", true)];
+    let cases = [
+        ("127.0.0.0/8", "127.0.0.2", false),
+        ("", "127.0.0.2", true),
+        ("127.0.0.0/8", "0.0.0.0", true),
+        ("127.0.0.0/8", "127.0.0.1", false),
+    ];
     for (direct, ip, bind) in cases {
         let what = format!("SOCKS4_DIRECT={direct:?}, bound to {ip}:0");
         let proxy = ScriptedProxy::start(

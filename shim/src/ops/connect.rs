@@ -182,3 +182,53 @@ pub fn through_proxy(fd: c_int, config: &Config, v6: bool, plan: &Plan) -> Resul
     };
     Ok(Established { local, conn: Conn { dest: *dest, carrier: granted.carrier }, side_ip })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, TcpListener};
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+    use crate::config::{Partial, merge, parse_env};
+
+    /// A SOCKS4A server with remote DNS (placeholders) and `direct` as the direct networks.
+    fn config(direct: &[&str]) -> Config {
+        let (env, _) = parse_env(|k| (k == "SOCKS4_SERVER").then(|| "socks4a://10.0.0.1:1080".to_string()));
+        let mut c = merge(Partial::default(), env, || None).unwrap();
+        c.direct = direct.iter().map(|s| s.parse().unwrap()).collect();
+        c
+    }
+
+    /// decide() only asks the kernel the socket's type: a listening TCP socket will do.
+    fn tcp_socket() -> TcpListener {
+        TcpListener::bind("127.0.0.1:0").unwrap()
+    }
+
+    #[test]
+    fn addresses_go_through_the_proxy_and_direct_networks_stay_direct() {
+        let c = config(&["127.0.0.0/8"]);
+        let fd = tcp_socket();
+        let dest: SocketAddr = "10.1.2.3:21".parse().unwrap();
+        assert_eq!(
+            decide(&c, fd.as_raw_fd(), &dest),
+            Verdict::Done(Plan::Proxy { dest, name: None, route: RouteId::Default })
+        );
+        assert_eq!(decide(&c, fd.as_raw_fd(), &"127.0.0.5:21".parse().unwrap()), Verdict::Pass);
+    }
+
+    /// A placeholder is proxied with the name it stands for; inside a network the configuration
+    /// calls direct it is connected as it is, like any address there (no lookup of its name).
+    #[test]
+    fn placeholders_carry_their_name_unless_their_network_is_direct() {
+        let ip = dns_pool::placeholder_for("decide.example").unwrap();
+        let dest = SocketAddr::new(IpAddr::V4(ip), 21);
+        let fd = tcp_socket();
+        assert_eq!(
+            decide(&config(&[]), fd.as_raw_fd(), &dest),
+            Verdict::Done(Plan::Proxy { dest, name: Some("decide.example".into()), route: RouteId::Default })
+        );
+        assert_eq!(decide(&config(&["240.0.0.0/4"]), fd.as_raw_fd(), &dest), Verdict::Pass);
+        let never = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(240, 0, 15, 254)), 21);
+        assert_eq!(decide(&config(&[]), fd.as_raw_fd(), &never), Verdict::Fail(libc::EHOSTUNREACH));
+    }
+}
