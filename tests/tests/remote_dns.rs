@@ -466,7 +466,8 @@ print("child", os.waitstatus_to_exitcode(status), flush=True)
 }
 
 /// getnameinfo and gethostbyaddr on a placeholder give the name back; gethostbyname_ex gives the
-/// placeholder; IPv6-only lookups of a remote name fail; AI_CANONNAME is the name.
+/// placeholder; IPv6-only lookups of a remote name fail, and so do AI_NUMERICHOST ones; AI_CANONNAME
+/// is the name.
 #[test]
 fn reverse_lookups_of_a_placeholder_give_the_name() {
     let lo = LoopbackNs::new();
@@ -487,6 +488,11 @@ try:
 except socket.gaierror as e:
     print("v6", e.errno == socket.EAI_ADDRFAMILY)
 print("mapped", socket.getaddrinfo("{NAME}", 21, socket.AF_INET6, socket.SOCK_STREAM, 0, socket.AI_V4MAPPED)[0][4][0])
+try:
+    socket.getaddrinfo("{NAME}", 21, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+    print("numerichost resolved")
+except socket.gaierror as e:
+    print("numerichost", e.errno == socket.EAI_NONAME)
 print("local", socket.gethostbyname("localhost"))
 "#
     );
@@ -502,6 +508,8 @@ print("local", socket.gethostbyname("localhost"))
         format!("numeric ('{ip}', '21')"),
         "v6 True".to_string(),
         format!("mapped ::ffff:{ip}"),
+        // AI_NUMERICHOST: a name is not an address, placeholder or not.
+        "numerichost True".to_string(),
         "local 127.0.0.1".to_string(),
     ] {
         assert!(out.stdout.lines().any(|l| l == want), "missing `{want}`: {out}");
