@@ -488,6 +488,7 @@ try:
 except socket.gaierror as e:
     print("v6", e.errno == socket.EAI_ADDRFAMILY)
 print("mapped", socket.getaddrinfo("{NAME}", 21, socket.AF_INET6, socket.SOCK_STREAM, 0, socket.AI_V4MAPPED)[0][4][0])
+print("addrconfig", socket.getaddrinfo("{NAME}", 21, socket.AF_INET, socket.SOCK_STREAM, 0, socket.AI_ADDRCONFIG)[0][4][0])
 try:
     socket.getaddrinfo("{NAME}", 21, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
     print("numerichost resolved")
@@ -508,6 +509,9 @@ print("local", socket.gethostbyname("localhost"))
         format!("numeric ('{ip}', '21')"),
         "v6 True".to_string(),
         format!("mapped ::ffff:{ip}"),
+        // AI_ADDRCONFIG: the namespace has loopback only (no IPv4 address that counts), but the
+        // placeholder is reached through the SOCKS server.
+        format!("addrconfig {ip}"),
         // AI_NUMERICHOST: a name is not an address, placeholder or not.
         "numerichost True".to_string(),
         "local 127.0.0.1".to_string(),
