@@ -488,6 +488,7 @@ try:
 except socket.gaierror as e:
     print("v6", e.errno == socket.EAI_ADDRFAMILY)
 print("mapped", socket.getaddrinfo("{NAME}", 21, socket.AF_INET6, socket.SOCK_STREAM, 0, socket.AI_V4MAPPED)[0][4][0])
+print("nocanon", repr(socket.getaddrinfo("{NAME}", 21, 0, socket.SOCK_STREAM)[0][3]))
 print("addrconfig", socket.getaddrinfo("{NAME}", 21, socket.AF_INET, socket.SOCK_STREAM, 0, socket.AI_ADDRCONFIG)[0][4][0])
 try:
     socket.getaddrinfo("{NAME}", 21, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
@@ -509,6 +510,8 @@ print("local", socket.gethostbyname("localhost"))
         format!("numeric ('{ip}', '21')"),
         "v6 True".to_string(),
         format!("mapped ::ffff:{ip}"),
+        // Without AI_CANONNAME, no ai_canonname.
+        "nocanon ''".to_string(),
         // AI_ADDRCONFIG: the namespace has loopback only (no IPv4 address that counts), but the
         // placeholder is reached through the SOCKS server.
         format!("addrconfig {ip}"),
