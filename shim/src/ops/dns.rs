@@ -373,7 +373,8 @@ mod tests {
     #[test]
     fn literals_localhost_own_name_and_direct_names_stay_local() {
         let c = config(&["corp.example"]);
-        for name in ["10.1.2.3", "::1", "10.1", "0x0a000001", "127.1", "localhost", "LOCALHOST.", "a.localhost"] {
+        let literals = ["10.1.2.3", "::1", "fe80::1%lo", "10.1", "0x0a000001", "127.1"];
+        for name in literals.into_iter().chain(["localhost", "LOCALHOST.", "a.localhost"]) {
             assert!(is_local_name(&c, name, None), "{name}");
         }
         assert!(is_local_name(&c, "corp.example", None));
@@ -407,7 +408,8 @@ mod tests {
 
     #[test]
     fn hostent_points_into_the_buffer() {
-        let mut buf = [0u8; 128];
+        // Not zeroed: every null and the name's NUL must be written.
+        let mut buf = [0xaau8; 128];
         let h = hostent_in(&mut buf[1..], "files.internal", libc::AF_INET, &[240, 0, 0, 7]).unwrap();
         // SAFETY: every pointer in h points into buf, which is alive and no longer borrowed mutably.
         unsafe {
@@ -419,5 +421,11 @@ mod tests {
         }
         assert_eq!(h.h_length, 4);
         assert!(hostent_in(&mut buf[..20], "files.internal", libc::AF_INET, &[240, 0, 0, 7]).is_none());
+        // A buffer of exactly the size needed (alignment, alias list, two address pointers, the
+        // address, the name and its NUL) is enough; one byte less is not.
+        let pad = buf.as_ptr().align_offset(align_of::<*mut c_char>());
+        let exact = pad + 3 * size_of::<*mut c_char>() + 4 + "files.internal".len() + 1;
+        assert!(hostent_in(&mut buf[..exact], "files.internal", libc::AF_INET, &[240, 0, 0, 7]).is_some());
+        assert!(hostent_in(&mut buf[..exact - 1], "files.internal", libc::AF_INET, &[240, 0, 0, 7]).is_none());
     }
 }
