@@ -1,11 +1,12 @@
 //! Remote DNS memory ownership, checked under valgrind: the addrinfo chains the shim answers with
 //! are freed by libc's own freeaddrinfo (no leak, no invalid free), and the hostent answers live in
-//! the caller's buffer (ERANGE when it is too small) or the shim's per-thread one.
+//! the caller's buffer (ERANGE when it is too small) or the shim's per-thread one (plain
+//! gethostbyname).
 
 use std::process::Command;
 use std::time::Duration;
 
-use socks4_tests::{TempDir, binaries, run_with_timeout};
+use socks4_tests::{Netns, NetnsFiles, TempDir, binaries, run_with_timeout};
 
 const PROGRAM: &str = r#"
 #include <arpa/inet.h>
@@ -38,6 +39,8 @@ int main(void) {
     printf("small %s %d\n", rc == ERANGE ? "ERANGE" : "?", r == NULL);
     rc = gethostbyname_r("files.internal", &h, big, sizeof big, &r, &herr);
     printf("byname_r %d %s %s\n", rc, r ? r->h_name : "-", r ? inet_ntoa(*(struct in_addr *)r->h_addr_list[0]) : "-");
+    struct hostent *s = gethostbyname("files.internal");
+    printf("byname %s %s\n", s ? s->h_name : "-", s ? inet_ntoa(*(struct in_addr *)s->h_addr_list[0]) : "-");
     struct hostent *g = gethostbyname2("files.internal", AF_INET6);
     printf("byname2 v6 %d %d\n", g == NULL, h_errno == NO_DATA);
     struct in_addr a;
@@ -63,6 +66,10 @@ fn answers_are_freed_by_libc_and_fit_the_callers_buffers_under_valgrind() {
         run_with_timeout(Command::new("cc").arg("-O1").arg("-o").arg(&exe).arg(&src), b"", Duration::from_secs(60));
     assert!(cc.success(), "cc: {cc}");
 
+    // In a namespace of its own with a resolver that knows nothing: a lookup that wrongly went
+    // to the real resolver fails there, and stays there.
+    let ns = Netns::new("rdns-mem");
+    let _files = NetnsFiles::new(&ns, "127.0.0.1 localhost\n", "nameserver 127.0.0.1\n");
     let mut cmd = Command::new("valgrind");
     cmd.args(["-q", "--leak-check=full", "--errors-for-leak-kinds=definite", "--error-exitcode=9"])
         .arg(&exe)
@@ -70,13 +77,14 @@ fn answers_are_freed_by_libc_and_fit_the_callers_buffers_under_valgrind() {
         .env("SOCKS4_SERVER", "127.0.0.1:9")
         .env("SOCKS4_REMOTE_DNS", "1")
         .env_remove("SOCKS4_DIRECT_NAMES");
-    let out = run_with_timeout(&mut cmd, b"", Duration::from_secs(60));
+    let out = run_with_timeout(&mut ns.wrap(&cmd), b"", Duration::from_secs(60));
     assert!(out.success(), "valgrind found errors or the program failed: {out}");
     let ip = out.stdout.lines().find_map(|l| l.strip_prefix("addrinfo 1 files.internal ")).unwrap_or("");
     assert!(ip.starts_with("240.0."), "{out}");
     for want in [
         "small ERANGE 1".to_string(),
         format!("byname_r 0 files.internal {ip}"),
+        format!("byname files.internal {ip}"),
         "byname2 v6 1 1".to_string(),
         "byaddr files.internal".to_string(),
         "nameinfo short 1".to_string(),
