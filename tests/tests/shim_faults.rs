@@ -442,6 +442,23 @@ fn fork_during_activity() {
     dest.assert_all_via_socks4d(40 + hammer);
 }
 
+/// A vfork child (it shares the parent's memory, the shim's registry included) closes the
+/// parent's proxied socket before it exits: the parent still sees its destination as the peer
+/// (not the proxy), and the socket still carries data.
+#[test]
+fn vfork_child_closing_a_proxied_socket_leaves_the_parent_its_view() {
+    let dest = Destination::start();
+    let socks4d = Socks4d::start(SOCKS4D_CONFIG);
+    let out = run(socks4d.addr, &["vfork", "127.0.0.1", &dest.addr.port().to_string()], &[]);
+    assert_finished(&out, "vfork");
+    let map = kv(&out);
+    let want = dest.addr.to_string();
+    assert_eq!(get(&map, "peer_before", &out), want, "{out}");
+    assert_eq!(get(&map, "peer_after", &out), want, "the vfork child's close reached the parent\n{out}");
+    assert_eq!(get(&map, "echo", &out), "ok", "{out}");
+    dest.assert_all_via_socks4d(1);
+}
+
 /// Fail closed: with the proxy down (or refusing), no way of connecting
 /// reaches the destination directly: blocking, non-blocking, a second
 /// connect on the same socket and on a dup, a fresh socket, and

@@ -278,6 +278,34 @@ static int mode_fork(int rounds) {
     return 0;
 }
 
+static void print_peer(const char *key, int fd) {
+    struct sockaddr_in a;
+    socklen_t alen = sizeof a;
+    char ip[INET_ADDRSTRLEN] = "?";
+    if (getpeername(fd, (struct sockaddr *)&a, &alen) == 0) {
+        inet_ntop(AF_INET, &a.sin_addr, ip, sizeof ip);
+        printf("%s=%s:%d\n", key, ip, ntohs(a.sin_port));
+    } else {
+        printf("%s=%s\n", key, ename(errno));
+    }
+}
+
+/* A vfork child shares this process's memory, the shim's included: its close of an inherited
+ * proxied socket must not change what the parent knows of that socket. */
+static int mode_vfork(void) {
+    int fd = do_connect();
+    if (fd < 0) return report(fd);
+    print_peer("peer_before", fd);
+    pid_t pid = vfork();
+    if (pid == 0) {
+        close(fd);
+        _exit(0);
+    }
+    waitpid(pid, NULL, 0);
+    print_peer("peer_after", fd);
+    return report(fd);
+}
+
 static int mode_bind(int how) {
     int ctl = do_connect();
     if (ctl < 0) {
@@ -342,6 +370,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(m, "threads")) rc = mode_threads(n);
     else if (!strcmp(m, "fork")) rc = mode_fork(n);
     else if (!strcmp(m, "bind")) rc = mode_bind(n);
+    else if (!strcmp(m, "vfork")) rc = mode_vfork();
     printf("done=1\n");
     return rc;
 }
