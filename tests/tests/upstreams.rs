@@ -328,13 +328,17 @@ via = "block"
 
 /// Routes by name: names under `a.internal` go to proxy A (SOCKS4A: socks4d resolves them),
 /// names under `b.internal` to proxy B (SOCKS5 with the name: danted resolves them), one name is
-/// resolved here and connected to directly, and everything else is blocked. Only each proxy's
-/// namespace knows its names; the client's resolver knows the direct one alone.
+/// resolved here and connected to directly, names under `c.internal` are resolved here and sent
+/// to proxy B as an address (`socks5://`), and everything else is blocked. Only each proxy's
+/// namespace knows its names; the client's resolver knows the direct and `c.internal` ones alone.
 #[test]
 fn routes_by_name_send_each_name_its_own_way() {
     let t = TwoProxies::new();
-    let _client_files =
-        NetnsFiles::new(&t.client, "127.0.0.1 localhost\n10.78.3.1 printer.lan\n", "nameserver 127.0.0.1\n");
+    let _client_files = NetnsFiles::new(
+        &t.client,
+        "127.0.0.1 localhost\n10.78.3.1 printer.lan\n10.78.12.2 www.c.internal\n",
+        "nameserver 127.0.0.1\n",
+    );
     let _a_files = NetnsFiles::new(&t.proxy_a, "127.0.0.1 localhost\n10.78.11.2 files.a.internal\n", "");
     let _b_files = NetnsFiles::new(&t.proxy_b, "127.0.0.1 localhost\n10.78.12.2 www.b.internal\n", "");
     let socks4d = Socks4d::start_with(
@@ -369,6 +373,9 @@ via = "socks4a://{a}:1080"
 to = ["*.b.internal"]
 via = "socks5h://{b}:1080"
 [[route]]
+to = ["*.c.internal"]
+via = "socks5://{b}:1080"
+[[route]]
 to = ["printer.lan"]
 via = "direct"
 "#,
@@ -378,8 +385,9 @@ via = "direct"
     );
     let program = format!(
         "{PROBE_PY}\nreport('a', 'files.a.internal', {})\nreport('b', 'www.b.internal', {})\n\
-         report('d', 'printer.lan', {})\nreport('x', '{}', {})",
+         report('c', 'www.c.internal', {})\nreport('d', 'printer.lan', {})\nreport('x', '{}', {})",
         net_a.addr.port(),
+        net_b.addr.port(),
         net_b.addr.port(),
         direct.addr.port(),
         TwoProxies::DIRECT_HOST,
@@ -396,11 +404,14 @@ via = "direct"
         assert_eq!(peer("b"), Some(ip(TwoProxies::B_OUTSIDE)), "{}", diag());
         if mode == Mode::Preload {
             assert_eq!(peer("d"), Some(ip(TwoProxies::CLIENT_DIRECT)), "{}", diag());
+            // Resolved here: proxy B does not know the name.
+            assert_eq!(peer("c"), Some(ip(TwoProxies::B_OUTSIDE)), "{}", diag());
         } else {
             // Under the supervisor, a name the program's own libc finds in /etc/hosts never
             // becomes a DNS query, so it arrives as an address, which no name route matches
             // (README, the supervisor's limits).
             assert_eq!(probe(&map, "d", &out).errno.as_deref(), Some("EACCES"), "{}", diag());
+            assert_eq!(probe(&map, "c", &out).errno.as_deref(), Some("EACCES"), "{}", diag());
         }
         // The same host by address matches no name route: the default blocks it.
         assert_eq!(probe(&map, "x", &out).errno.as_deref(), Some("EACCES"), "{}", diag());
@@ -546,6 +557,9 @@ os.write(1, ("loop wall_ms=%.1f cpu_ms=%.1f results=%r\n" % (wall, cpu_ms() - cp
         "two lines for the first connect, one per connect after\n{}",
         out.stderr.lines().take(5).collect::<Vec<_>>().join("\n")
     );
+    // The first failure names the next upstream to try; the last one has none to name.
+    assert!(lines[0].contains("skipping") && lines[0].contains("trying the next upstream"), "{}", lines[0]);
+    assert!(lines[1].contains("skipping") && !lines[1].contains("trying the next"), "{}", lines[1]);
     assert!(lines[2].contains("every upstream of the default route (server) is down"), "{}", lines[2]);
     assert!(server.peers().is_empty(), "nothing may arrive");
     eprintln!("all upstreams down: 500 connects in {wall:.1} ms wall, {cpu:.1} ms CPU");
@@ -636,6 +650,16 @@ fn chain_of_two_proxies_each_sees_the_one_before() {
     }
     let peers = server.peers();
     assert!(peers.len() == 3 && peers.iter().all(|p| p.ip() == ip(Chain::HOP2_OUTSIDE)), "{peers:?}");
+
+    // A refusal at the second hop (nothing listens on port 1) says which hop refused, on the
+    // path the request took.
+    let mut cmd = with_config(Mode::Preload, PYTHON, &mixed);
+    cmd.arg("-c").arg(format!("{PROBE_PY}\nreport('refused', '{}', 1)", Chain::SERVER));
+    let out = run_with_timeout(&mut t.client.wrap(&cmd), b"", TIMEOUT);
+    assert_eq!(probe(&probes(&out), "refused", &out).errno.as_deref(), Some("ECONNREFUSED"), "{out}");
+    let lines = shim_lines(&out);
+    let want = "via socks5://10.79.1.1:1081 > socks4://10.79.2.2:1080 refused (at hop 2, socks4://10.79.2.2:1080)";
+    assert!(lines.len() == 1 && lines[0].contains(want), "want {want:?}\n{out}");
     drop(first5);
 }
 
