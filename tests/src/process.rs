@@ -126,6 +126,11 @@ impl RunOutput {
     pub fn timed_out(&self) -> bool {
         self.status.is_none()
     }
+
+    /// The lines the shim (or the supervisor) wrote: `socks4[PID]: ...` on stderr.
+    pub fn shim_lines(&self) -> Vec<&str> {
+        self.stderr.lines().filter(|l| l.starts_with("socks4[")).collect()
+    }
 }
 
 impl std::fmt::Display for RunOutput {

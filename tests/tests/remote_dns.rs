@@ -542,7 +542,7 @@ except OSError as e:
         let start = Instant::now();
         let out = lo.python(program, remote_dns);
         assert!(out.success() && out.stdout.contains("refused EHOSTUNREACH"), "{out}");
-        let lines: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("socks4[")).collect();
+        let lines = out.shim_lines();
         assert!(
             lines.len() == 1 && lines[0].contains("240.0.0.1 is a remote-DNS placeholder") && lines[0].contains(why),
             "want one line saying {why:?}\n{out}"

@@ -219,7 +219,7 @@ fn refusal_is_econnrefused_with_one_stderr_line() {
     ));
     let out = client(socks4d.addr, "127.0.0.1", port, "create_connection", &[]);
     assert_eq!(kv(&out).get("errno").map(String::as_str), Some("ECONNREFUSED"), "{out}");
-    let lines: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("socks4[")).collect();
+    let lines = out.shim_lines();
     assert_eq!(lines.len(), 1, "{out}");
     assert!(lines[0].contains(&format!("connect to 127.0.0.1:{port} via {} refused: 91", socks4d.addr)), "{out}");
     std::thread::sleep(Duration::from_millis(200));

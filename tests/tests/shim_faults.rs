@@ -312,11 +312,6 @@ fn get<'a>(map: &'a HashMap<String, String>, key: &str, out: &RunOutput) -> &'a 
     map.get(key).map(String::as_str).unwrap_or_else(|| panic!("no `{key}=` in the output:\n{out}"))
 }
 
-/// Lines the shim wrote (`socks4[PID]: ...`).
-fn shim_lines(out: &RunOutput) -> Vec<&str> {
-    out.stderr.lines().filter(|l| l.starts_with("socks4[")).collect()
-}
-
 /// Every way a SOCKS server can fail a CONNECT, with the errno the README's
 /// table promises, one stderr line, a bounded time, and the destination
 /// never contacted.
@@ -356,7 +351,7 @@ fn fake_proxy_faults_give_the_documented_errno() {
         if errno == "ETIMEDOUT" {
             assert!(took >= ms(900), "{what}: ETIMEDOUT after {took:?}, SOCKS4_TIMEOUT is 1 s");
         }
-        assert_eq!(shim_lines(&out).len(), 1, "{what}: want exactly one stderr line\n{out}");
+        assert_eq!(out.shim_lines().len(), 1, "{what}: want exactly one stderr line\n{out}");
         if let Some(f) = &fake {
             assert_eq!(f.accepted.load(Ordering::SeqCst), 1, "{what}: the shim must try the proxy once");
         }
@@ -372,7 +367,7 @@ fn dribbled_reply_is_read_whole() {
     let out = run(fake.addr, &["connect", "10.9.9.9", "21"], &[("SOCKS4_TIMEOUT", "5")]);
     assert_finished(&out, "dribble");
     assert_eq!(get(&kv(&out), "echo", &out), "ok", "{out}");
-    assert_eq!(shim_lines(&out), Vec::<&str>::new(), "no stderr line for a success");
+    assert_eq!(out.shim_lines(), Vec::<&str>::new(), "no stderr line for a success");
     assert_eq!(fake.requests.lock().unwrap()[0], b"\x04\x01\x00\x15\x0a\x09\x09\x09fault\0");
 }
 
@@ -546,7 +541,7 @@ fn broken_config_fails_closed_with_one_line() {
             assert_eq!(get(&map, &format!("errno{i}"), &out), "EACCES", "{what}\n{out}");
         }
         // The problem once (naming it), then one line per refused connect.
-        let lines = shim_lines(&out);
+        let lines = out.shim_lines();
         let config_lines: Vec<_> = lines.iter().filter(|l| l.contains(": config ")).collect();
         assert_eq!(config_lines.len(), 1, "{what}: want the problem reported once\n{out}");
         assert_eq!(lines.len(), 11, "{what}: want 1 + one line per connect\n{out}");
@@ -559,7 +554,7 @@ fn broken_config_fails_closed_with_one_line() {
     let out = run(proxy, &["repeat", "127.0.0.1", &port, "2"], &[("SOCKS4_DIRECT", "300.0.0.0/8")]);
     assert_finished(&out, "broken SOCKS4_DIRECT");
     assert_eq!(get(&kv(&out), "fails", &out), "0", "{out}");
-    assert_eq!(shim_lines(&out).len(), 1, "{out}");
+    assert_eq!(out.shim_lines().len(), 1, "{out}");
     assert_eq!(dest.accepted(), 2);
 }
 
@@ -623,7 +618,7 @@ fn bind_second_reply_faults() {
         if want == "0" {
             assert_eq!(get(&map, "data", &out), "220 hello", "{what}\n{out}");
         } else {
-            assert_eq!(shim_lines(&out).len(), 1, "{what}: want one stderr line\n{out}");
+            assert_eq!(out.shim_lines().len(), 1, "{what}: want one stderr line\n{out}");
         }
         let reqs = fake.requests.lock().unwrap();
         assert_eq!(reqs.len(), 2, "{what}: CONNECT then BIND\n{out}");

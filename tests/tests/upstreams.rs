@@ -13,8 +13,7 @@ use socks4_tests::{
     TempDir, Topology, binaries, peer_payload, run_with_timeout,
 };
 use upstreams_support::{
-    Chain, Mode, PROBE_PY, SilentServer, TwoProxies, ip, probe, probes, shim_lines, with_config, with_server,
-    write_config,
+    Chain, Mode, PROBE_PY, SilentServer, TwoProxies, ip, probe, probes, with_config, with_server, write_config,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(40);
@@ -54,7 +53,7 @@ fn python_through(topo: &Topology, host: &str, port: u16, url_server: &str, what
     let map = probes(&out);
     let p = probe(&map, "p", &out);
     assert_eq!(p.peer.map(|a| a.ip()), Some(topo.proxy_outside_ip), "{what}: {p:?}\n{out}");
-    assert!(shim_lines(&out).is_empty(), "{what}: no stderr line for a success\n{out}");
+    assert!(out.shim_lines().is_empty(), "{what}: no stderr line for a success\n{out}");
 }
 
 /// SOCKS5 through microsocks (a SOCKS5-only server): curl and Python by address (`socks5://`)
@@ -157,7 +156,7 @@ fn socks5_login_right_password_works_wrong_one_fails_closed() {
         let out = run(cmd);
         let map = probes(&out);
         assert_eq!(probe(&map, "p", &out).errno.as_deref(), Some("EACCES"), "{what}\n{out}");
-        let lines = shim_lines(&out);
+        let lines = out.shim_lines();
         assert_eq!(lines.len(), 1, "{what}: one stderr line\n{out}");
         assert!(lines[0].contains(line), "{what}\n{out}");
         assert!(
@@ -296,7 +295,7 @@ via = "block"
         assert_eq!(peer("d"), Some(ip(TwoProxies::CLIENT_DIRECT)), "{}", diag());
         assert_eq!(probe(&map, "x", &out).errno.as_deref(), Some("EACCES"), "{}", diag());
         // --debug: one line per connection, naming the upstream (or direct, or the block).
-        let lines = shim_lines(&out);
+        let lines = out.shim_lines();
         let has = |needle: &str| lines.iter().filter(|l| l.contains(needle)).count();
         let a_line = format!(
             "connect to {}:{} via socks4://{}:1080: granted",
@@ -498,7 +497,7 @@ in_child("child_after_parent", {p2})
     assert!(ms("parent_after_child") < 300.0, "child -> parent: {out}");
     assert!(ms("child_after_parent") < 300.0, "parent -> child: {out}");
     assert_eq!(silent.accepted(), 1, "the silent upstream was tried again\n{out}");
-    let lines = shim_lines(&out);
+    let lines = out.shim_lines();
     assert_eq!(lines.len(), 2, "one line per upstream found down\n{out}");
     assert!(lines.iter().all(|l| l.contains("skipping") && l.contains("trying the next upstream")), "{out}");
     eprintln!(
@@ -550,7 +549,7 @@ os.write(1, ("loop wall_ms=%.1f cpu_ms=%.1f results=%r\n" % (wall, cpu_ms() - cp
     assert!(wall < 2000.0, "500 refused connects took {wall} ms\n{loop_line}");
     assert!(cpu < 1000.0, "500 refused connects used {cpu} ms of CPU\n{loop_line}");
     assert_eq!(silent.accepted(), 1, "a down upstream was tried again");
-    let lines = shim_lines(&out);
+    let lines = out.shim_lines();
     assert_eq!(
         lines.len(),
         2 + 500,
@@ -657,7 +656,7 @@ fn chain_of_two_proxies_each_sees_the_one_before() {
     cmd.arg("-c").arg(format!("{PROBE_PY}\nreport('refused', '{}', 1)", Chain::SERVER));
     let out = run_with_timeout(&mut t.client.wrap(&cmd), b"", TIMEOUT);
     assert_eq!(probe(&probes(&out), "refused", &out).errno.as_deref(), Some("ECONNREFUSED"), "{out}");
-    let lines = shim_lines(&out);
+    let lines = out.shim_lines();
     let want = "via socks5://10.79.1.1:1081 > socks4://10.79.2.2:1080 refused (at hop 2, socks4://10.79.2.2:1080)";
     assert!(lines.len() == 1 && lines[0].contains(want), "want {want:?}\n{out}");
     drop(first5);
@@ -680,6 +679,6 @@ fn supervised_static_program_uses_socks5_and_failover() {
     assert!(out.success(), "{out}");
     assert_eq!(body_peer(&out.stdout).map(|a| a.ip()), Some(topo.proxy_outside_ip), "{out}");
     assert!(out.stdout.ends_with(std::str::from_utf8(&peer_payload(5000)).unwrap()), "{out}");
-    let lines = shim_lines(&out);
+    let lines = out.shim_lines();
     assert!(lines.len() == 1 && lines[0].contains("trying the next upstream"), "{out}");
 }

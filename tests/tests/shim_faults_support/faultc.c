@@ -278,11 +278,13 @@ static int mode_fork(int rounds) {
     return 0;
 }
 
-static void print_peer(const char *key, int fd) {
+/* Prints `key=IP:PORT`, the socket's peer (or its own address), or `key=ERRNO`. */
+static void print_addr(const char *key, int fd, int peer) {
     struct sockaddr_in a;
     socklen_t alen = sizeof a;
     char ip[INET_ADDRSTRLEN] = "?";
-    if (getpeername(fd, (struct sockaddr *)&a, &alen) == 0) {
+    int rc = peer ? getpeername(fd, (struct sockaddr *)&a, &alen) : getsockname(fd, (struct sockaddr *)&a, &alen);
+    if (rc == 0) {
         inet_ntop(AF_INET, &a.sin_addr, ip, sizeof ip);
         printf("%s=%s:%d\n", key, ip, ntohs(a.sin_port));
     } else {
@@ -295,14 +297,14 @@ static void print_peer(const char *key, int fd) {
 static int mode_vfork(void) {
     int fd = do_connect();
     if (fd < 0) return report(fd);
-    print_peer("peer_before", fd);
+    print_addr("peer_before", fd, 1);
     pid_t pid = vfork();
     if (pid == 0) {
         close(fd);
         _exit(0);
     }
     waitpid(pid, NULL, 0);
-    print_peer("peer_after", fd);
+    print_addr("peer_after", fd, 1);
     return report(fd);
 }
 
@@ -316,12 +318,7 @@ static int mode_bind(int how) {
     int rc = listen(l, 1);
     printf("listen=%s\n", rc == 0 ? "0" : ename(errno));
     if (rc != 0) return 0;
-    struct sockaddr_in a;
-    socklen_t alen = sizeof a;
-    getsockname(l, (struct sockaddr *)&a, &alen);
-    char ip[INET_ADDRSTRLEN];
-    inet_ntop(AF_INET, &a.sin_addr, ip, sizeof ip);
-    printf("bound=%s:%d\n", ip, ntohs(a.sin_port));
+    print_addr("bound", l, 0);
     if (how == 2) fcntl(l, F_SETFL, fcntl(l, F_GETFL) | O_NONBLOCK);
     struct pollfd p = {l, POLLIN, 0};
     printf("poll=%d\n", poll(&p, 1, 10000));

@@ -73,11 +73,6 @@ pub fn probe<'a>(map: &'a HashMap<String, Probe>, label: &str, out: &RunOutput) 
     map.get(label).unwrap_or_else(|| panic!("no `{label}` line:\n{out}"))
 }
 
-/// Lines the shim wrote (`socks4[PID]: ...`).
-pub fn shim_lines(out: &RunOutput) -> Vec<&str> {
-    out.stderr.lines().filter(|l| l.starts_with("socks4[")).collect()
-}
-
 /// How a program is socksified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
