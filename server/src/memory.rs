@@ -64,5 +64,7 @@ mod tests {
         assert!(should_trim(MIN_DROP, 0));
         assert!(!should_trim(MIN_DROP - 1, 0));
         assert!(!should_trim(0, 0));
+        // Under half the peak, but fewer than MIN_DROP gone.
+        assert!(!should_trim(MIN_DROP + 36, 40));
     }
 }
