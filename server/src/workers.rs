@@ -109,13 +109,11 @@ impl Workers {
             addr = listener.local_addr()?;
             listeners.push(listener);
         }
-        // Steering needs every thread to be some CPU's: with CPUs {1, 3}
-        // and two threads, CPU % 2 would leave thread 0 without clients.
-        // Without it the kernel spreads connections by hash: slower, still
-        // correct.
+        // Without steering the kernel spreads connections by hash: slower,
+        // still correct.
         let cpus = allowed_cpus();
         let count = listeners.len();
-        if (0..count).all(|t| cpus.iter().any(|c| c % count == t)) {
+        if every_thread_has_a_cpu(&cpus, count) {
             if let Err(e) = steer_by_cpu(&listeners[0], count) {
                 tracing::warn!(error = %e, "cannot steer connections by CPU");
             }
@@ -153,6 +151,13 @@ impl Workers {
         }
         Ok(listeners)
     }
+}
+
+/// Whether steering by `CPU % count` gives every one of `count` threads
+/// some of `cpus`: with CPUs {1, 3} and two threads, thread 0 would get no
+/// clients.
+fn every_thread_has_a_cpu(cpus: &[usize], count: usize) -> bool {
+    (0..count).all(|t| cpus.iter().any(|c| c % count == t))
 }
 
 /// Attaches a classic BPF program to `listener`'s SO_REUSEPORT group that
@@ -230,7 +235,9 @@ mod tests {
         assert_eq!(listeners[1].local_addr().unwrap().port(), port);
         let listeners: Vec<_> = workers.handles().iter().cloned().zip(listeners).collect();
 
-        for cpu in allowed_cpus().into_iter().take(2) {
+        let cpus = allowed_cpus();
+        assert!(cpus.len() >= 2, "this test needs two CPUs of both parities, has {cpus:?}");
+        for cpu in cpus.into_iter().take(2) {
             let clients = thread::spawn(move || {
                 pin_to(cpu);
                 (0..16).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect::<Vec<_>>()
@@ -242,6 +249,39 @@ mod tests {
             expected[cpu % 2] = clients.len();
             assert_eq!(accepted, expected, "connections from CPU {cpu}");
         }
+    }
+
+    #[test]
+    fn steering_needs_a_cpu_for_every_thread() {
+        assert!(every_thread_has_a_cpu(&[0, 1], 2));
+        assert!(every_thread_has_a_cpu(&[2, 3, 4], 3));
+        assert!(every_thread_has_a_cpu(&[5], 1));
+        assert!(!every_thread_has_a_cpu(&[1, 3], 2));
+        assert!(!every_thread_has_a_cpu(&[0, 1], 3));
+        assert!(!every_thread_has_a_cpu(&[], 1));
+    }
+
+    /// The affinity mask as the kernel has it: the CPU this thread runs on
+    /// is in it, and not every possible CPU is.
+    #[test]
+    fn allowed_cpus_are_this_process_s() {
+        let cpus = allowed_cpus();
+        // SAFETY: sched_getcpu takes no arguments.
+        let here = unsafe { libc::sched_getcpu() };
+        assert!(cpus.contains(&usize::try_from(here).unwrap()), "running on CPU {here}, allowed {cpus:?}");
+        assert!(cpus.len() < libc::CPU_SETSIZE as usize, "{} CPUs allowed", cpus.len());
+    }
+
+    /// The kernel accepts the steering program on a SO_REUSEPORT listener.
+    #[test]
+    fn steering_program_attaches() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _entered = runtime.enter();
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_reuseport(true).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(8).unwrap();
+        steer_by_cpu(&listener, 2).unwrap();
     }
 
     /// An adopted socket is served by every thread, each through its own
