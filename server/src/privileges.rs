@@ -21,8 +21,14 @@ impl User {
     ///
     /// No such user, or the lookup failed.
     pub fn lookup(name: &str) -> Result<User, String> {
+        User::lookup_growing(name, 1024)
+    }
+
+    /// [`User::lookup`] starting with a `start`-byte buffer for the entry's
+    /// strings, grown as getpwnam_r asks (up to 1 MiB).
+    fn lookup_growing(name: &str, start: usize) -> Result<User, String> {
         let c_name = CString::new(name).map_err(|_| format!("{name:?}: a user name has no NUL byte"))?;
-        let mut buf = vec![0u8; 1024];
+        let mut buf = vec![0u8; start];
         loop {
             // SAFETY: a zeroed passwd is a valid value for getpwnam_r to fill.
             let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
@@ -115,6 +121,15 @@ mod tests {
         assert_eq!((root.uid, root.gid), (0, 0));
         assert!(User::lookup("no-such-user-socks4d").unwrap_err().contains("no such user"));
         assert!(User::lookup("a\0b").is_err());
+    }
+
+    /// An entry longer than the first buffer (root's strings need more than 8 bytes) is looked up
+    /// again in a larger one.
+    #[test]
+    fn a_long_entry_grows_the_buffer() {
+        let root = User::lookup_growing("root", 8).unwrap();
+        assert_eq!((root.name.as_str(), root.uid, root.gid), ("root", 0, 0));
+        assert!(User::lookup_growing("no-such-user-socks4d", 8).unwrap_err().contains("no such user"));
     }
 
     #[test]
