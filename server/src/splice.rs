@@ -74,7 +74,7 @@ pub(crate) async fn pump(pipe: &Pipe, from: &TcpStream, to: &TcpStream, count: &
         let n = match read {
             Ok(0) => return Ok(Spliced::Eof),
             Ok(n) => n,
-            Err(e) if !moved_any && e.raw_os_error() == Some(libc::EINVAL) => return Ok(Spliced::Unsupported),
+            Err(e) if cannot_splice(&e, moved_any) => return Ok(Spliced::Unsupported),
             Err(e) => return Err(e),
         };
         moved_any = true;
@@ -89,6 +89,13 @@ pub(crate) async fn pump(pipe: &Pipe, from: &TcpStream, to: &TcpStream, count: &
             *count += m as u64;
         }
     }
+}
+
+/// Whether `e` means these sockets cannot be spliced at all (EINVAL before
+/// any byte moved): then the caller copies instead. Later errors are the
+/// connection's own.
+fn cannot_splice(e: &io::Error, moved_any: bool) -> bool {
+    !moved_any && e.raw_os_error() == Some(libc::EINVAL)
 }
 
 /// One non-blocking `splice` of up to `len` bytes; EAGAIN comes back as
@@ -108,4 +115,24 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
         )
     };
     if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_einval_before_any_byte_means_no_splice() {
+        let einval = io::Error::from_raw_os_error(libc::EINVAL);
+        assert!(cannot_splice(&einval, false));
+        assert!(!cannot_splice(&einval, true));
+        assert!(!cannot_splice(&io::Error::from_raw_os_error(libc::ECONNRESET), false));
+    }
+
+    /// The pipe gets the capacity asked for (the kernel's limits allow 256 KiB: `pipe-max-size`
+    /// is 1 MiB by default).
+    #[test]
+    fn pipe_has_the_size_asked_for() {
+        assert_eq!(Pipe::new().unwrap().size, 256 * 1024);
+    }
 }
