@@ -209,10 +209,59 @@ mod tests {
 
     #[test]
     fn reloading_carries_the_monotonic_clock() {
-        let before = monotonic_usec();
+        // The clock read here on its own, in whole microseconds.
+        let clock = || {
+            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: ts is a valid timespec to fill.
+            assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) }, 0);
+            u64::try_from(ts.tv_sec).unwrap() * 1_000_000 + u64::try_from(ts.tv_nsec).unwrap() / 1000
+        };
+        let before = clock();
         let msg = reloading_message();
+        let after = clock();
         let usec: u64 = msg.strip_prefix("RELOADING=1\nMONOTONIC_USEC=").unwrap().parse().unwrap();
-        assert!(usec >= before && usec <= monotonic_usec(), "{msg}");
+        assert!((before..=after).contains(&usec), "{msg}: not within {before}..={after}");
+    }
+
+    fn cloexec(fd: RawFd) -> bool {
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        assert!(flags >= 0, "fd {fd}: {}", io::Error::last_os_error());
+        flags & libc::FD_CLOEXEC != 0
+    }
+
+    /// What socket activation may pass, and what socks4d makes of it: a listening TCP socket
+    /// is taken (and marked close-on-exec, as systemd passes it without), anything else is
+    /// refused with what it is.
+    #[test]
+    fn adopts_listening_tcp_sockets_only() {
+        use std::os::fd::{AsRawFd, IntoRawFd};
+        let refusal = |fd: RawFd| adopt_listener(fd).unwrap_err().to_string();
+
+        let bare = std::net::TcpListener::bind("127.0.0.1:0").unwrap().into_raw_fd();
+        // SAFETY: clears the flags of a descriptor this test owns.
+        assert_eq!(unsafe { libc::fcntl(bare, libc::F_SETFD, 0) }, 0);
+        assert!(cloexec(adopt_listener(bare).unwrap().as_raw_fd()));
+        let marked = std::net::TcpListener::bind("127.0.0.1:0").unwrap().into_raw_fd();
+        assert!(cloexec(marked));
+        let adopted = adopt_listener(marked).unwrap();
+        assert!(cloexec(adopted.as_raw_fd()));
+        assert!(adopted.local_addr().unwrap().ip().is_loopback());
+
+        // SAFETY: a plain socket(2) call; the descriptor goes to adopt_listener, which owns it.
+        let unlistened = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        assert!(refusal(unlistened).contains("is not listening"));
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().into_raw_fd();
+        assert!(refusal(udp).contains("is not a TCP socket"));
+        let dir = std::env::temp_dir().join(format!("socks4d-adopt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let unix = std::os::unix::net::UnixListener::bind(dir.join("sock")).unwrap().into_raw_fd();
+        assert!(refusal(unix).contains("is not a TCP socket"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        let file = std::fs::File::open("/dev/null").unwrap().into_raw_fd();
+        assert!(refusal(file).contains("is not a socket"));
+        // Far past any descriptor this process has open.
+        assert!(refusal(1 << 30).contains("is not open"));
     }
 
     #[test]
