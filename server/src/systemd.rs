@@ -55,13 +55,6 @@ impl Systemd {
         };
         Ok(Systemd { notify, listeners })
     }
-
-    /// Sends `state` if there is a notify socket (see [`Notifier::notify`]).
-    pub fn notify(&self, state: &str) {
-        if let Some(n) = &self.notify {
-            n.notify(state);
-        }
-    }
 }
 
 /// The passed sockets if `LISTEN_PID` is this process, else none (they
