@@ -130,7 +130,14 @@ mod tests {
 
     /// Sends `up` from the client end and `down` from the destination end
     /// through a relay; returns what each far end received and the counts.
+    /// Fails after 10 s instead of hanging if the relay never ends.
     async fn through_relay(up: Vec<u8>, down: Vec<u8>) -> (Vec<u8>, Vec<u8>, Traffic) {
+        tokio::time::timeout(std::time::Duration::from_secs(10), relay_both(up, down))
+            .await
+            .expect("the relay ended within 10 s")
+    }
+
+    async fn relay_both(up: Vec<u8>, down: Vec<u8>) -> (Vec<u8>, Vec<u8>, Traffic) {
         let (mut client_far, mut client) = pair().await;
         let (mut dest, mut dest_far) = pair().await;
         let relay = tokio::spawn(async move {
