@@ -128,16 +128,26 @@ mod tests {
         (a, b)
     }
 
-    /// Sends `up` from the client end and `down` from the destination end
-    /// through a relay; returns what each far end received and the counts.
-    /// Fails after 10 s instead of hanging if the relay never ends.
-    async fn through_relay(up: Vec<u8>, down: Vec<u8>) -> (Vec<u8>, Vec<u8>, Traffic) {
-        tokio::time::timeout(std::time::Duration::from_secs(10), relay_both(up, down))
-            .await
-            .expect("the relay ended within 10 s")
+    /// Runs `test` on a runtime of its own thread and fails if it has not
+    /// finished within 10 s: a relay that never ends may also never yield,
+    /// and then no timer on its runtime's one thread could fire.
+    fn within_10s(test: impl Future<Output = ()> + Send + 'static) {
+        use std::sync::mpsc::RecvTimeoutError;
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(test);
+            let _ = done.send(());
+        });
+        match finished.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(()) => {}
+            Err(RecvTimeoutError::Timeout) => panic!("the relay test did not finish within 10 s"),
+            Err(RecvTimeoutError::Disconnected) => panic!("the relay test panicked (see above)"),
+        }
     }
 
-    async fn relay_both(up: Vec<u8>, down: Vec<u8>) -> (Vec<u8>, Vec<u8>, Traffic) {
+    /// Sends `up` from the client end and `down` from the destination end
+    /// through a relay; returns what each far end received and the counts.
+    async fn through_relay(up: Vec<u8>, down: Vec<u8>) -> (Vec<u8>, Vec<u8>, Traffic) {
         let (mut client_far, mut client) = pair().await;
         let (mut dest, mut dest_far) = pair().await;
         let relay = tokio::spawn(async move {
@@ -168,27 +178,31 @@ mod tests {
         (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
     }
 
-    #[tokio::test]
-    async fn relays_both_ways_exactly_with_counts() {
-        // Larger than any pipe or buffer, and not a multiple of a page.
-        let up = pattern(5 * 1024 * 1024 + 17, 0x11);
-        let down = pattern(3 * 1024 * 1024 + 5, 0x22);
-        let (at_dest, at_client, traffic) = through_relay(up.clone(), down.clone()).await;
-        assert_eq!(at_dest, up);
-        assert_eq!(at_client, down);
-        assert_eq!(traffic, Traffic { up: up.len() as u64, down: down.len() as u64 });
+    #[test]
+    fn relays_both_ways_exactly_with_counts() {
+        within_10s(async {
+            // Larger than any pipe or buffer, and not a multiple of a page.
+            let up = pattern(5 * 1024 * 1024 + 17, 0x11);
+            let down = pattern(3 * 1024 * 1024 + 5, 0x22);
+            let (at_dest, at_client, traffic) = through_relay(up.clone(), down.clone()).await;
+            assert_eq!(at_dest, up);
+            assert_eq!(at_client, down);
+            assert_eq!(traffic, Traffic { up: up.len() as u64, down: down.len() as u64 });
+        });
     }
 
-    #[tokio::test]
-    async fn one_way_and_empty_directions() {
-        let up = pattern(100_000, 0x33);
-        let (at_dest, at_client, traffic) = through_relay(up.clone(), Vec::new()).await;
-        assert_eq!(at_dest, up);
-        assert!(at_client.is_empty());
-        assert_eq!(traffic, Traffic { up: 100_000, down: 0 });
-        let (at_dest, at_client, traffic) = through_relay(Vec::new(), Vec::new()).await;
-        assert!(at_dest.is_empty() && at_client.is_empty());
-        assert_eq!(traffic, Traffic::default());
+    #[test]
+    fn one_way_and_empty_directions() {
+        within_10s(async {
+            let up = pattern(100_000, 0x33);
+            let (at_dest, at_client, traffic) = through_relay(up.clone(), Vec::new()).await;
+            assert_eq!(at_dest, up);
+            assert!(at_client.is_empty());
+            assert_eq!(traffic, Traffic { up: 100_000, down: 0 });
+            let (at_dest, at_client, traffic) = through_relay(Vec::new(), Vec::new()).await;
+            assert!(at_dest.is_empty() && at_client.is_empty());
+            assert_eq!(traffic, Traffic::default());
+        });
     }
 
     /// Reads to EOF within 5 s, so a relay that never passes a FIN on fails
@@ -205,28 +219,30 @@ mod tests {
     /// One side half-closes and only then does the other answer: its EOF
     /// can only come through the relay (the far end has not closed), and
     /// the answer must still flow back after it.
-    #[tokio::test]
-    async fn half_close_reaches_the_other_side_and_the_answer_still_flows() {
-        for client_first in [true, false] {
-            let (mut client_far, mut client) = pair().await;
-            let (mut dest, mut dest_far) = pair().await;
-            let relay = tokio::spawn(async move {
-                let mut traffic = Traffic::default();
-                relay(&mut client, &mut dest, &mut traffic).await.unwrap();
-                traffic
-            });
-            let (first, second) =
-                if client_first { (&mut client_far, &mut dest_far) } else { (&mut dest_far, &mut client_far) };
-            first.write_all(b"request").await.unwrap();
-            first.shutdown().await.unwrap();
-            assert_eq!(read_to_eof(second).await, b"request", "client first: {client_first}");
-            second.write_all(b"late answer").await.unwrap();
-            second.shutdown().await.unwrap();
-            assert_eq!(read_to_eof(first).await, b"late answer", "client first: {client_first}");
-            let traffic = tokio::time::timeout(std::time::Duration::from_secs(5), relay).await.unwrap().unwrap();
-            let (up, down) = if client_first { (7, 11) } else { (11, 7) };
-            assert_eq!(traffic, Traffic { up, down });
-        }
+    #[test]
+    fn half_close_reaches_the_other_side_and_the_answer_still_flows() {
+        within_10s(async {
+            for client_first in [true, false] {
+                let (mut client_far, mut client) = pair().await;
+                let (mut dest, mut dest_far) = pair().await;
+                let relay = tokio::spawn(async move {
+                    let mut traffic = Traffic::default();
+                    relay(&mut client, &mut dest, &mut traffic).await.unwrap();
+                    traffic
+                });
+                let (first, second) =
+                    if client_first { (&mut client_far, &mut dest_far) } else { (&mut dest_far, &mut client_far) };
+                first.write_all(b"request").await.unwrap();
+                first.shutdown().await.unwrap();
+                assert_eq!(read_to_eof(second).await, b"request", "client first: {client_first}");
+                second.write_all(b"late answer").await.unwrap();
+                second.shutdown().await.unwrap();
+                assert_eq!(read_to_eof(first).await, b"late answer", "client first: {client_first}");
+                let traffic = tokio::time::timeout(std::time::Duration::from_secs(5), relay).await.unwrap().unwrap();
+                let (up, down) = if client_first { (7, 11) } else { (11, 7) };
+                assert_eq!(traffic, Traffic { up, down });
+            }
+        });
     }
 
     /// Full reads double the buffer from 16 KiB up to 128 KiB and no further; a short read
