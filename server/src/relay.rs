@@ -145,16 +145,23 @@ mod tests {
         }
     }
 
-    /// Sends `up` from the client end and `down` from the destination end
-    /// through a relay; returns what each far end received and the counts.
-    async fn through_relay(up: Vec<u8>, down: Vec<u8>) -> (Vec<u8>, Vec<u8>, Traffic) {
-        let (mut client_far, mut client) = pair().await;
-        let (mut dest, mut dest_far) = pair().await;
+    /// A relay between two loopback pairs: the client's far end, the
+    /// destination's far end, and the relay's task (its counts at the end).
+    async fn relayed() -> (TcpStream, TcpStream, tokio::task::JoinHandle<Traffic>) {
+        let (client_far, mut client) = pair().await;
+        let (mut dest, dest_far) = pair().await;
         let relay = tokio::spawn(async move {
             let mut traffic = Traffic::default();
             relay(&mut client, &mut dest, &mut traffic).await.unwrap();
             traffic
         });
+        (client_far, dest_far, relay)
+    }
+
+    /// Sends `up` from the client end and `down` from the destination end
+    /// through a relay; returns what each far end received and the counts.
+    async fn through_relay(up: Vec<u8>, down: Vec<u8>) -> (Vec<u8>, Vec<u8>, Traffic) {
+        let (mut client_far, mut dest_far, relay) = relayed().await;
         let (cr, mut cw) = client_far.split();
         let (dr, mut dw) = dest_far.split();
         let send_up = async {
@@ -223,13 +230,7 @@ mod tests {
     fn half_close_reaches_the_other_side_and_the_answer_still_flows() {
         within_10s(async {
             for client_first in [true, false] {
-                let (mut client_far, mut client) = pair().await;
-                let (mut dest, mut dest_far) = pair().await;
-                let relay = tokio::spawn(async move {
-                    let mut traffic = Traffic::default();
-                    relay(&mut client, &mut dest, &mut traffic).await.unwrap();
-                    traffic
-                });
+                let (mut client_far, mut dest_far, relay) = relayed().await;
                 let (first, second) =
                     if client_first { (&mut client_far, &mut dest_far) } else { (&mut dest_far, &mut client_far) };
                 first.write_all(b"request").await.unwrap();
