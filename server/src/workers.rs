@@ -264,7 +264,7 @@ mod tests {
     /// The affinity mask as the kernel has it: the CPU this thread runs on
     /// is in it, and not every possible CPU is.
     #[test]
-    fn allowed_cpus_are_this_process_s() {
+    fn allowed_cpus_are_the_affinity_mask() {
         let cpus = allowed_cpus();
         // SAFETY: sched_getcpu takes no arguments.
         let here = unsafe { libc::sched_getcpu() };
