@@ -21,6 +21,8 @@ pub mod session;
 #[cfg(target_os = "linux")]
 mod splice;
 pub mod systemd;
+#[cfg(test)]
+mod test_support;
 pub mod udp;
 pub mod users;
 mod workers;

@@ -127,12 +127,10 @@ mod tests {
     /// again in a larger one.
     #[test]
     fn a_long_entry_grows_the_buffer() {
-        // On a thread of its own, so that a retry loop that never ends fails the test in seconds.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send((User::lookup_growing("root", 8), User::lookup_growing("no-such-user-socks4d", 8)));
+        // A retry loop that never ends fails the test in seconds.
+        let (root, missing) = crate::test_support::on_thread_within(std::time::Duration::from_secs(5), || {
+            (User::lookup_growing("root", 8), User::lookup_growing("no-such-user-socks4d", 8))
         });
-        let (root, missing) = rx.recv_timeout(std::time::Duration::from_secs(5)).expect("lookups done within 5 s");
         let root = root.unwrap();
         assert_eq!((root.name.as_str(), root.uid, root.gid), ("root", 0, 0));
         assert!(missing.unwrap_err().contains("no such user"));

@@ -128,21 +128,12 @@ mod tests {
         (a, b)
     }
 
-    /// Runs `test` on a runtime of its own thread and fails if it has not
-    /// finished within 10 s: a relay that never ends may also never yield,
-    /// and then no timer on its runtime's one thread could fire.
+    /// Runs `test` on a runtime of its own thread, failing after 10 s: a
+    /// relay that never ends may also never yield.
     fn within_10s(test: impl Future<Output = ()> + Send + 'static) {
-        use std::sync::mpsc::RecvTimeoutError;
-        let (done, finished) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(test);
-            let _ = done.send(());
+        crate::test_support::on_thread_within(std::time::Duration::from_secs(10), || {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(test)
         });
-        match finished.recv_timeout(std::time::Duration::from_secs(10)) {
-            Ok(()) => {}
-            Err(RecvTimeoutError::Timeout) => panic!("the relay test did not finish within 10 s"),
-            Err(RecvTimeoutError::Disconnected) => panic!("the relay test panicked (see above)"),
-        }
     }
 
     /// A relay between two loopback pairs: the client's far end, the
